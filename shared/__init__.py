@@ -1,0 +1,1 @@
+"""Common package of the Ikiro realtime backend: wire models, subjects, auth, config, metrics."""

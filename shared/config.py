@@ -1,0 +1,85 @@
+"""Settings common to every service; each service extends `ServiceSettings` in its own config module.
+
+Every setting is an environment variable. A secret may also come from a file: `NAME_FILE` holds
+the path (how Kubernetes mounts Secrets), and wins over `NAME`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Settings a service may read from `NAME_FILE` (subclasses extend it).
+    FILE_SETTINGS: ClassVar[tuple[str, ...]] = ()
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str | None = None
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] | None = None
+    shutdown_delay_s: float = Field(default=0.0, ge=0)
+    shutdown_grace_s: float = Field(default=25.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in cls.FILE_SETTINGS:
+            path = os.environ.get(f"{name.upper()}_FILE")
+            if path:
+                data[name] = Path(path).read_text().strip()
+        return data
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is not None:
+            return self.log_format == "json"
+        return self.environment is Environment.PRODUCTION
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], service: str) -> S:
+    """Build settings from the environment, or exit with one line naming what is wrong."""
+    try:
+        return cls()
+    except (ValidationError, OSError) as err:
+        if isinstance(err, ValidationError):
+            first = err.errors()[0]
+            name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+            message = f"{service}: invalid setting {name}: {first['msg']}"
+        else:
+            message = f"{service}: cannot read a setting file: {err}"
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def require(condition: bool, message: str) -> None:
+    """Settings-level check that surfaces as a validation error naming the setting."""
+    if not condition:
+        raise ValueError(message)
+

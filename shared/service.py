@@ -1,0 +1,96 @@
+"""The HTTP side every service shares: health, readiness, metrics, and the ordered graceful stop.
+
+Stop order (DESIGN section 2): `/readyz` 503 at once -> wait `SHUTDOWN_DELAY_S` -> the service's
+own drain (refuse new sockets, close open ones with 1012, finish in-flight work) -> drain NATS ->
+close the listener and exit, all within `SHUTDOWN_GRACE_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from shared.config import ServiceSettings
+from shared.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+DRAINING = web.AppKey("draining", asyncio.Event)
+NATS_CLIENT = web.AppKey("nats", NATS)
+METRICS = web.AppKey("metrics", ServiceMetrics)
+
+
+def add_health_routes(app: web.Application, nc: NATS, metrics: ServiceMetrics) -> None:
+    """Install `/healthz`, `/readyz`, `/metrics` and the draining flag on `app`."""
+    app[DRAINING] = asyncio.Event()
+    app[NATS_CLIENT] = nc
+    app[METRICS] = metrics
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+
+
+def is_draining(app: web.Application) -> bool:
+    return app[DRAINING].is_set()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    app = request.app
+    if is_draining(app):
+        return web.json_response({"status": "draining"}, status=503)
+    if not app[NATS_CLIENT].is_connected:
+        return web.json_response({"status": "nats disconnected"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def serve(
+    app: web.Application,
+    settings: ServiceSettings,
+    drain: Callable[[], Awaitable[None]],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve `app` until SIGTERM/SIGINT (or `stop`), then stop in the contract's order."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    log.info("listening", extra={"host": settings.host, "port": settings.port})
+    await stop.wait()
+
+    log.info("shutdown begins")
+    app[DRAINING].set()
+    app[METRICS].draining.set(1)
+    nc = app[NATS_CLIENT]
+    try:
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await asyncio.sleep(settings.shutdown_delay_s)
+            await drain()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+    except TimeoutError:
+        log.warning("shutdown grace exceeded, closing now")
+    finally:
+        await runner.cleanup()
+        if not nc.is_closed:
+            await nc.close()
+        log.info("stopped")

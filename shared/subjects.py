@@ -1,0 +1,101 @@
+"""Every NATS subject, stream, KV bucket and queue group of the backend, in one place.
+
+Any id a client sends is checked with `is_token` before it is put into a subject.
+"""
+
+from __future__ import annotations
+
+import re
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def is_token(value: object) -> bool:
+    """True when `value` may stand as one NATS subject token (no dots, wildcards or spaces)."""
+    return isinstance(value, str) and TOKEN_RE.fullmatch(value) is not None
+
+
+# --- Edge: internal API of the command dispatcher (core NATS request/reply) ---
+COMMANDS_SUBMIT = "edge.commands.submit"
+COMMANDS_GET = "edge.commands.get"
+COMMANDS_CANCEL = "edge.commands.cancel"
+AGENTS_GET = "edge.agents.get"
+# Gateway -> dispatcher: hand over the agent's pending commands (socket connect or /edge/sync).
+AGENTS_PULL = "edge.agents.pull"
+# Gateway -> dispatcher: one command_ack from an agent.
+ACKS_SUBMIT = "edge.acks.submit"
+DISPATCHER_QUEUE_GROUP = "command_dispatcher"
+
+# --- Edge: events ---
+LIFECYCLE_ALL = "edge.lifecycle.>"
+PRESENCE_ALL = "edge.presence.*"
+
+
+def lifecycle(edge_agent_id: str, command_id: str) -> str:
+    return f"edge.lifecycle.{edge_agent_id}.{command_id}"
+
+
+def lifecycle_of_agent(edge_agent_id: str) -> str:
+    return f"edge.lifecycle.{edge_agent_id}.*"
+
+
+def lifecycle_of_command(command_id: str) -> str:
+    return f"edge.lifecycle.*.{command_id}"
+
+
+def presence(edge_agent_id: str) -> str:
+    return f"edge.presence.{edge_agent_id}"
+
+
+def status(edge_agent_id: str) -> str:
+    return f"edge.status.{edge_agent_id}"
+
+
+def events(edge_agent_id: str) -> str:
+    return f"edge.events.{edge_agent_id}"
+
+
+def deliver(edge_agent_id: str) -> str:
+    """Core request subject answered only by the gateway replica holding the agent's socket."""
+    return f"edge.deliver.{edge_agent_id}"
+
+
+# --- Edge: JetStream ---
+COMMANDS_BUCKET = "EDGE_COMMANDS"  # command records, keyed by command_id
+AGENTS_BUCKET = "EDGE_AGENTS"  # presence/status/sync records, keyed "<kind>.<edge_agent_id>"
+TIMERS_STREAM = "EDGE_TIMERS"  # one work message per unfinished command; redelivery is the timer
+TIMERS_CONSUMER = "command_dispatcher_timers"
+ACKS_STREAM = "EDGE_ACKS"  # acks the gateway could not hand over directly
+ACKS_CONSUMER = "command_dispatcher_acks"
+TIMERS_ALL = "edge.timers.>"
+ACKS_ALL = "edge.acked.*"
+
+
+def timer(edge_agent_id: str, command_id: str) -> str:
+    return f"edge.timers.{edge_agent_id}.{command_id}"
+
+
+def timers_of_agent(edge_agent_id: str) -> str:
+    return f"edge.timers.{edge_agent_id}.*"
+
+
+def acked(edge_agent_id: str) -> str:
+    return f"edge.acked.{edge_agent_id}"
+
+
+def agent_key(kind: str, edge_agent_id: str) -> str:
+    return f"{kind}.{edge_agent_id}"
+
+
+# --- MiniApp ---
+MINIAPP_STATE_UPDATE = "miniapp.sessions.state_update"
+MINIAPP_GET = "miniapp.sessions.get"
+MINIAPP_QUEUE_GROUP = "miniapp_gateway"
+
+
+def miniapp_presence(session_id: str) -> str:
+    return f"miniapp.presence.{session_id}"
+
+
+def miniapp_actions(session_id: str) -> str:
+    return f"miniapp.actions.{session_id}"
