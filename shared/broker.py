@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from shared import jsonutil
 from shared.config import ServiceSettings
 from shared.errors import ErrorCode, IkiroError, Unavailable, error_body, error_from_body
 from shared.metrics import ServiceMetrics
+from shared.workers import KeyedWorkers
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,10 @@ async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str)
     return nc
 
 
-async def request(nc: NATS, subject: str, body: Any, timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """JSON request; returns the reply's fields, raises the `IkiroError` an `{"ok": false}` carries."""
     try:
-        msg = await nc.request(subject, jsonutil.dumps(body), timeout=timeout)
+        msg = await nc.request(subject, jsonutil.dumps(body), timeout=timeout_s)
     except nats.errors.NoRespondersError:
         raise Unavailable(f"nobody answers {subject}") from None
     except (TimeoutError, nats.errors.TimeoutError):
@@ -75,10 +77,16 @@ async def request(nc: NATS, subject: str, body: Any, timeout: float = REQUEST_TI
 Handler = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
-def replier(handler: Handler, logger: logging.Logger) -> Callable[[Msg], Awaitable[None]]:
-    """Wrap `handler` as a NATS callback answering `{"ok": true, ...}` or `{"ok": false, "error"}`."""
+def replier(handler: Handler, logger: logging.Logger, pool: KeyedWorkers) -> Callable[[Msg], Awaitable[None]]:
+    """Wrap `handler` as a NATS callback answering `{"ok": true, ...}` or `{"ok": false, "error"}`.
+
+    Requests run concurrently in `pool` (a subscription callback alone would serialise them).
+    """
 
     async def on_request(msg: Msg) -> None:
+        await pool.submit(msg.reply or msg.subject, functools.partial(answer, msg))
+
+    async def answer(msg: Msg) -> None:
         try:
             reply: dict[str, Any] = {"ok": True, **await handler(msg.data)}
         except IkiroError as err:

@@ -33,7 +33,9 @@ class CommandState(StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({CommandState.COMPLETED, CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED})
+TERMINAL = frozenset(
+    {CommandState.COMPLETED, CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED}
+)
 CANCELLABLE = frozenset({CommandState.QUEUED, CommandState.SENT})
 UNACKED = frozenset({CommandState.QUEUED, CommandState.SENT})
 # How far along a command is; an ack may only move it to a higher rank.
@@ -326,7 +328,7 @@ class Timing:
 
     def ack_wait(self, attempts: int) -> float:
         """How long a send waits for an ack: doubling with every attempt, capped."""
-        return min(self.ack_timeout_s * 2 ** max(attempts - 1, 0), self.max_ack_timeout_s)
+        return min(self.ack_timeout_s * 2.0 ** max(attempts - 1, 0), self.max_ack_timeout_s)
 
 
 class TimerAction(StrEnum):
@@ -363,7 +365,9 @@ def timer_action(record: CommandRecord, now: datetime, timing: Timing) -> tuple[
     return TimerAction.WAIT, deadline
 
 
-def due_for_pull(record: CommandRecord, connection_id: str, via_socket: bool, now: datetime, timing: Timing) -> bool:
+def due_for_pull(
+    record: CommandRecord, connection_id: str, via_socket: bool, now: datetime, timing: Timing
+) -> bool:
     """Whether a connect or sync poll should be handed this command now."""
     if record.state is CommandState.QUEUED:
         return now < record.expires_at

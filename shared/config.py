@@ -37,6 +37,8 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "text"] | None = None
     shutdown_delay_s: float = Field(default=0.0, ge=0)
     shutdown_grace_s: float = Field(default=25.0, gt=0)
+    # Replicas of the JetStream streams and buckets a service creates (3 in a production cluster).
+    jetstream_replicas: int = Field(default=1, ge=1, le=5)
 
     @model_validator(mode="before")
     @classmethod
@@ -70,16 +72,11 @@ def load_settings(cls: type[S], service: str) -> S:
     except (ValidationError, OSError) as err:
         if isinstance(err, ValidationError):
             first = err.errors()[0]
-            name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-            message = f"{service}: invalid setting {name}: {first['msg']}"
+            if first["loc"]:
+                message = f"{service}: invalid setting {str(first['loc'][0]).upper()}: {first['msg']}"
+            else:  # a whole-settings rule, whose message names the setting itself
+                message = f"{service}: {first['msg'].removeprefix('Value error, ')}"
         else:
             message = f"{service}: cannot read a setting file: {err}"
         print(message, file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def require(condition: bool, message: str) -> None:
-    """Settings-level check that surfaces as a validation error naming the setting."""
-    if not condition:
-        raise ValueError(message)
-

@@ -13,11 +13,14 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shared.config import ServiceSettings
+from shared.broker import connect
+from shared.config import S, ServiceSettings, load_settings
+from shared.logs import configure as configure_logging
 from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -94,3 +97,38 @@ async def serve(
         if not nc.is_closed:
             await nc.close()
         log.info("stopped")
+
+
+def run_service(
+    name: str,
+    settings_cls: type[S],
+    metrics: ServiceMetrics,
+    create_app: Callable[[S, NATS], web.Application],
+    drain: Callable[[web.Application], Awaitable[None]],
+) -> None:
+    """The whole life of a service process: settings, logging, NATS, serve, ordered stop."""
+    settings = load_settings(settings_cls, name)
+    configure_logging(name, settings.log_level, settings.json_logs)
+
+    async def main() -> None:
+        nc = await _connect_with_retry(settings, metrics, name)
+        app = create_app(settings, nc)
+        await serve(app, settings, lambda: drain(app))
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+async def _connect_with_retry(settings: ServiceSettings, metrics: ServiceMetrics, name: str) -> NATS:
+    delay = 0.5
+    while True:
+        try:
+            return await connect(settings, metrics, name)
+        except (OSError, nats.errors.Error) as err:
+            log.warning("nats not reachable yet (%s), retrying in %.1fs", err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -99,3 +99,40 @@ def miniapp_presence(session_id: str) -> str:
 
 def miniapp_actions(session_id: str) -> str:
     return f"miniapp.actions.{session_id}"
+
+
+def miniapp_typing(session_id: str) -> str:
+    """Gateway-to-gateway relay of `typing` frames (core NATS, fire and forget)."""
+    return f"miniapp.typing.{session_id}"
+
+
+# --- MiniApp: JetStream ---
+# Session records keyed by session_id; every accepted update is a compare-and-set on the revision.
+MINIAPP_SESSIONS_BUCKET = "MINIAPP_SESSIONS"
+# Presence: replica leases "r.<replica_id>" (per-message TTL, renewed by heartbeats) and
+# connection entries "c.<replica_id>.<session_id>.<connection_id>", alive while their lease is.
+MINIAPP_PRESENCE_BUCKET = "MINIAPP_PRESENCE"
+MINIAPP_PRESENCE_STREAM = f"KV_{MINIAPP_PRESENCE_BUCKET}"
+MINIAPP_REAPER_CONSUMER = "miniapp_gateway_reaper"
+MINIAPP_LEASES = "r.*"
+
+
+def miniapp_lease_key(replica_id: str) -> str:
+    return f"r.{replica_id}"
+
+
+def miniapp_connection_key(replica_id: str, session_id: str, connection_id: str) -> str:
+    return f"c.{replica_id}.{session_id}.{connection_id}"
+
+
+def miniapp_connections_of_session(session_id: str) -> str:
+    return f"c.*.{session_id}.*"
+
+
+def miniapp_connections_of_replica(replica_id: str) -> str:
+    return f"c.{replica_id}.*.*"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The stream subject under which a KV bucket stores `key` (for raw publishes and filters)."""
+    return f"$KV.{bucket}.{key}"

@@ -1,0 +1,31 @@
+"""Command dispatcher settings (DESIGN sections 2 and 4), all from the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.commands import Timing
+from shared.config import ServiceSettings
+
+
+class DispatcherSettings(ServiceSettings):
+    port: int = Field(default=8082, ge=0, le=65535)
+    ack_timeout_s: float = Field(default=10.0, gt=0)
+    max_ack_timeout_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    execution_timeout_s: float = Field(default=1800.0, gt=0)
+    max_queued_per_agent: int = Field(default=1000, ge=1)
+    # How often a queued command of an offline agent is looked at again (a missed connect).
+    offline_recheck_s: float = Field(default=60.0, gt=0)
+    # A timer held by a replica that died is picked up by another after this long.
+    failover_s: float = Field(default=10.0, gt=0)
+    deliver_timeout_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(
+            ack_timeout_s=self.ack_timeout_s,
+            max_ack_timeout_s=self.max_ack_timeout_s,
+            max_attempts=self.max_attempts,
+            execution_timeout_s=self.execution_timeout_s,
+        )

@@ -1,0 +1,143 @@
+"""Handing commands to whichever gateway replica holds the agent's socket, or to a sync poll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from shared import jsonutil, subjects
+from shared.agents import PRESENCE, AgentPresence, DeliverRequest
+from shared.broker import request
+from shared.commands import (
+    CommandRecord,
+    CommandState,
+    TimerAction,
+    Timing,
+    due_for_pull,
+    moved,
+    pull_order,
+    timer_action,
+)
+from shared.edge_protocol import CommandData
+from shared.errors import IkiroError
+from shared.metrics import DispatcherMetrics
+
+from .store import CommandStore
+
+log = logging.getLogger(__name__)
+
+
+def mark_sent(record: CommandRecord, connection_id: str, now: datetime) -> CommandRecord:
+    return moved(
+        record, CommandState.SENT, now, attempts=record.attempts + 1, sent_at=now, sent_to=connection_id
+    )
+
+
+class Delivery:
+    def __init__(
+        self,
+        nc: NATS,
+        store: CommandStore,
+        agents: KeyValue,
+        timing: Timing,
+        metrics: DispatcherMetrics,
+        deliver_timeout_s: float,
+    ) -> None:
+        self.nc = nc
+        self.store = store
+        self.agents = agents
+        self.timing = timing
+        self.metrics = metrics
+        self.deliver_timeout_s = deliver_timeout_s
+
+    async def presence(self, edge_agent_id: str) -> tuple[AgentPresence, int] | None:
+        try:
+            entry = await self.agents.get(subjects.agent_key("presence", edge_agent_id))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        assert entry.value is not None
+        return PRESENCE.validate_json(entry.value), entry.revision or 0
+
+    async def send(self, record: CommandRecord) -> bool:
+        """Send (or send again) a due command over the agent's socket; False when it is offline."""
+        found = await self.presence(record.edge_agent_id)
+        if found is None or not found[0].online or found[0].connection_id is None:
+            return False
+        presence, revision = found
+        connection_id = presence.connection_id
+        assert connection_id is not None
+
+        def change(current: CommandRecord) -> CommandRecord | None:
+            now = jsonutil.utcnow()
+            action, _ = timer_action(current, now, self.timing)
+            if action not in (TimerAction.DELIVER, TimerAction.REDELIVER):
+                return None
+            return mark_sent(current, connection_id, now)
+
+        sent = await self.store.transition(record.command_id, change)
+        if sent is not None:
+            await self.push(sent, presence, revision)
+        return True
+
+    async def push(self, record: CommandRecord, presence: AgentPresence, revision: int) -> None:
+        """One request to the connection; a missing socket marks the agent offline (fenced)."""
+        body = DeliverRequest(connection_id=record.sent_to or "", command=record.to_command_data())
+        try:
+            await request(
+                self.nc,
+                subjects.deliver(record.edge_agent_id),
+                body.model_dump(mode="json"),
+                self.deliver_timeout_s,
+            )
+        except IkiroError as err:
+            # The command stays `sent`: the ack timeout sends it again, a reconnect at once.
+            self.metrics.deliveries.labels(result="failed").inc()
+            log.info(
+                "delivery failed: %s",
+                err.message,
+                extra={"command_id": str(record.command_id), "edge_agent_id": record.edge_agent_id},
+            )
+            await self.mark_offline(presence, revision)
+            return
+        self.metrics.deliveries.labels(result="delivered").inc()
+
+    async def mark_offline(self, presence: AgentPresence, revision: int) -> None:
+        """The socket the record names is gone (its gateway died): say so, unless a newer one exists."""
+        gone = presence.model_copy(update={"online": False, "disconnected_at": jsonutil.utcnow()})
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await self.agents.update(
+                subjects.agent_key("presence", presence.edge_agent_id),
+                gone.model_dump_json().encode(),
+                last=revision,
+            )
+
+    async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[CommandData]:
+        """Mark the agent's due commands sent to `connection_id` and return them in push order."""
+        ids = await self.store.active_command_ids(edge_agent_id)
+        found = await asyncio.gather(*(self.store.get(cid) for cid in ids))
+        now = jsonutil.utcnow()
+        due = sorted(
+            (
+                got[0]
+                for got in found
+                if got and due_for_pull(got[0], connection_id, via_socket, now, self.timing)
+            ),
+            key=pull_order,
+        )
+
+        def change(current: CommandRecord) -> CommandRecord | None:
+            at = jsonutil.utcnow()
+            if not due_for_pull(current, connection_id, via_socket, at, self.timing):
+                return None
+            return mark_sent(current, connection_id, at)
+
+        sent = await asyncio.gather(*(self.store.transition(r.command_id, change) for r in due))
+        out = [record.to_command_data() for record in sent if record is not None]
+        self.metrics.deliveries.labels(result="pulled").inc(len(out))
+        return out

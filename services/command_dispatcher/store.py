@@ -1,0 +1,146 @@
+"""Command records in JetStream KV: durable create, compare-and-set transitions, lifecycle events.
+
+Every write is a compare-and-set on the record's revision (the fencing token), so two replicas
+acting on the same command change it once; the loser re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from uuid import UUID
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from shared import subjects
+from shared.commands import (
+    RECORD,
+    TERMINAL,
+    CommandRecord,
+    CommandState,
+    lifecycle_event,
+)
+from shared.edge_jetstream import EdgeStore
+from shared.errors import IkiroError
+from shared.metrics import DispatcherMetrics
+
+log = logging.getLogger(__name__)
+
+MAX_CAS_RETRIES = 20
+
+Change = Callable[[CommandRecord], CommandRecord | None]
+
+
+class CommandStore:
+    def __init__(self, nc: NATS, js: JetStreamContext, store: EdgeStore, metrics: DispatcherMetrics) -> None:
+        self.nc = nc
+        self.js = js
+        self.kv = store.commands
+        self.metrics = metrics
+
+    async def get(self, command_id: UUID | str) -> tuple[CommandRecord, int] | None:
+        try:
+            entry = await self.kv.get(str(command_id))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        assert entry.value is not None
+        return RECORD.validate_json(entry.value), entry.revision or 0
+
+    async def create(self, record: CommandRecord) -> bool:
+        """Store a new record durably; False when its id is taken already."""
+        try:
+            await self.kv.create(str(record.command_id), record.model_dump_json().encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        await self.arm_timer(record)
+        await self._changed(None, record)
+        return True
+
+    async def arm_timer(self, record: CommandRecord) -> None:
+        """(Re)place the command's one timer message; the stream keeps at most one per command."""
+        await self.js.publish(subjects.timer(record.edge_agent_id, str(record.command_id)), b"")
+
+    async def transition(self, command_id: UUID | str, change: Change) -> CommandRecord | None:
+        """Apply `change` by compare-and-set, re-reading on a lost race; None when it changed nothing."""
+        for _ in range(MAX_CAS_RETRIES):
+            got = await self.get(command_id)
+            if got is None:
+                return None
+            record, revision = got
+            new = change(record)
+            if new is None:
+                return None
+            try:
+                await self.kv.update(str(command_id), new.model_dump_json().encode(), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                self.metrics.write_conflicts.inc()
+                continue
+            await self._changed(record, new)
+            return new
+        raise IkiroError("command record too contended, try again")
+
+    async def active_command_ids(self, edge_agent_id: str) -> list[str]:
+        """Ids of the agent's unfinished commands: those whose timer message still exists."""
+        info = await self.js.stream_info(
+            subjects.TIMERS_STREAM, subjects_filter=subjects.timers_of_agent(edge_agent_id)
+        )
+        return [subject.rsplit(".", 1)[1] for subject in (info.state.subjects or {})]
+
+    async def _changed(self, old: CommandRecord | None, new: CommandRecord) -> None:
+        previous = old.state if old else None
+        if previous is new.state and old is not None and new.attempts == old.attempts:
+            return
+        self.metrics.transitions.labels(state=new.state).inc()
+        self._observe_latency(old, new)
+        event = lifecycle_event(new, previous)
+        await self.nc.publish(
+            subjects.lifecycle(new.edge_agent_id, str(new.command_id)), event.model_dump_json().encode()
+        )
+        log.info(
+            "command %s",
+            new.state,
+            extra={
+                "command_id": str(new.command_id),
+                "edge_agent_id": new.edge_agent_id,
+                "command_type": str(new.command_type),
+                "previous_state": previous,
+                "attempt": new.attempts,
+                "error": new.error,
+            },
+        )
+        if new.state in TERMINAL:
+            await self._disarm_timer(new)
+
+    def _observe_latency(self, old: CommandRecord | None, new: CommandRecord) -> None:
+        since_submit = (new.updated_at - new.created_at).total_seconds()
+        if (
+            new.state is CommandState.SENT
+            and new.attempts == 1
+            and (old is None or old.state is CommandState.QUEUED)
+        ):
+            self.metrics.time_to_sent.observe(since_submit)
+        if old is not None and old.acked_at is None and new.acked_at is not None:
+            self.metrics.time_to_received.observe(since_submit)
+        if new.state in TERMINAL:
+            self.metrics.time_to_final.labels(state=new.state).observe(since_submit)
+            if new.state is CommandState.EXPIRED:
+                self.metrics.expirations.inc()
+        if (
+            old is not None
+            and new.state is CommandState.SENT
+            and new.attempts > 1
+            and new.attempts != old.attempts
+        ):
+            self.metrics.redeliveries.inc()
+
+    async def _disarm_timer(self, record: CommandRecord) -> None:
+        # Removing the timer message takes the command out of the active set at once; if this
+        # fails the timer still fires later, sees a final state and removes itself.
+        try:
+            await self.js.purge_stream(
+                subjects.TIMERS_STREAM, subject=subjects.timer(record.edge_agent_id, str(record.command_id))
+            )
+        except nats.errors.Error as err:
+            log.warning("timer not removed: %s", err, extra={"command_id": str(record.command_id)})

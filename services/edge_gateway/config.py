@@ -1,0 +1,46 @@
+"""Edge gateway settings (DESIGN sections 2 and 3), all from the environment."""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar, Self
+
+from pydantic import Field, model_validator
+
+from shared.config import Environment, ServiceSettings
+from shared.edge_protocol import MAX_FRAME_BYTES
+
+log = logging.getLogger(__name__)
+
+# Only outside production, and only so `make run` works with nothing set.
+DEV_EDGE_SECRET = "dev-edge-secret"
+
+
+class EdgeGatewaySettings(ServiceSettings):
+    FILE_SETTINGS: ClassVar[tuple[str, ...]] = ("edge_secret", "edge_secret_previous")
+
+    port: int = Field(default=8080, ge=0, le=65535)
+    edge_secret: str | None = Field(default=None, min_length=1)
+    edge_secret_previous: str | None = Field(default=None, min_length=1)
+    edge_token_max_age_s: float = Field(default=90000, gt=0)
+    sync_rate_per_min: int = Field(default=60, ge=1)
+    idle_timeout_s: float = Field(default=90.0, gt=0)
+    max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, gt=0)
+    max_bad_frames_per_min: int = Field(default=20, ge=1)
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    upstream_timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_required_in_production(self) -> Self:
+        if self.environment is Environment.PRODUCTION and not self.edge_secret:
+            raise ValueError("EDGE_SECRET is required when ENVIRONMENT=production")
+        return self
+
+    @property
+    def secrets(self) -> list[str]:
+        current = self.edge_secret or DEV_EDGE_SECRET
+        return [current, self.edge_secret_previous] if self.edge_secret_previous else [current]
+
+    @property
+    def allow_legacy_secret(self) -> bool:
+        return self.environment is not Environment.PRODUCTION

@@ -1,0 +1,101 @@
+"""`POST /edge/sync`: the HTTP fallback an agent polls while its socket is down (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+
+import nats.errors
+from aiohttp import web
+from pydantic import ValidationError
+
+from shared import jsonutil
+from shared.commands import describe
+from shared.edge_protocol import MAX_STATUS_BYTES, MAX_SYNC_BODY_BYTES, SYNC_REQUEST, SyncResponse
+from shared.errors import ErrorCode, IkiroError
+
+from .handshake import HandshakeRefused, authenticate, error_response
+from .keys import GATEWAY, SYNC_LIMITER
+
+log = logging.getLogger(__name__)
+
+
+class SyncLimiter:
+    """Requests per agent per fixed one-minute window, in bounded memory (this replica's view)."""
+
+    def __init__(self, per_minute: int, max_agents: int = 100_000) -> None:
+        self.per_minute = per_minute
+        self.max_agents = max_agents
+        self.window = -1
+        self.counts: dict[str, int] = {}
+
+    def retry_after(self, edge_agent_id: str, now: float | None = None) -> int | None:
+        """Count a request; None when allowed, else the seconds until the next window."""
+        now = time.time() if now is None else now
+        window = int(now // 60)
+        if window != self.window:
+            self.window, self.counts = window, {}
+        count = self.counts.get(edge_agent_id, 0) + 1
+        if count > self.per_minute:
+            return max(1, math.ceil((window + 1) * 60 - now))
+        if len(self.counts) < self.max_agents or edge_agent_id in self.counts:
+            self.counts[edge_agent_id] = count
+        return None
+
+
+async def edge_sync(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    started = time.perf_counter()
+    response = await _sync(request)
+    gateway.metrics.sync_requests.labels(status=str(response.status)).inc()
+    gateway.metrics.sync_duration.observe(time.perf_counter() - started)
+    return response
+
+
+async def _sync(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    upstream = gateway.upstream
+    if request.content_length is not None and request.content_length > MAX_SYNC_BODY_BYTES:
+        return error_response(413, ErrorCode.TOO_LARGE, f"body over {MAX_SYNC_BODY_BYTES} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, ErrorCode.TOO_LARGE, f"body over {MAX_SYNC_BODY_BYTES} bytes")
+    try:
+        body = SYNC_REQUEST.validate_json(raw)
+    except ValidationError as err:
+        body = None
+        problem = describe(err)
+    try:
+        identity = authenticate(request, gateway.settings, fallback_id=body.edge_agent_id if body else None)
+        if body is not None and body.edge_agent_id != identity.edge_agent_id:
+            raise HandshakeRefused(403, ErrorCode.FORBIDDEN, "body edge_agent_id is another agent")
+    except HandshakeRefused as refused:
+        return refused.response()
+    agent = identity.edge_agent_id
+    retry_after = request.app[SYNC_LIMITER].retry_after(agent)
+    if retry_after is not None:
+        return error_response(
+            429, ErrorCode.RATE_LIMITED, "too many sync requests", headers={"Retry-After": str(retry_after)}
+        )
+    if body is None:
+        return error_response(422, ErrorCode.INVALID_REQUEST, problem)
+    if len(jsonutil.dumps(body.status)) > MAX_STATUS_BYTES:
+        return error_response(422, ErrorCode.TOO_LARGE, f"status is over {MAX_STATUS_BYTES} bytes")
+
+    connection_id = f"sync-{uuid.uuid4().hex}"
+    try:
+        for ack in body.acks:
+            await upstream.ack(agent, connection_id, ack)
+        if body.status:
+            await upstream.status(agent, body.status)
+        accepted = await upstream.events(agent, body.pending_events)
+        await upstream.synced(agent, str(body.last_command_id) if body.last_command_id else None)
+        commands = await upstream.pull(agent, connection_id, via_socket=False)
+    except (IkiroError, nats.errors.Error, TimeoutError) as err:
+        log.warning("sync failed: %s", err, extra={"edge_agent_id": agent})
+        return error_response(503, ErrorCode.UNAVAILABLE, "dispatcher unavailable, retry later")
+    reply = SyncResponse(commands=commands, ack_events=accepted, config_updates={})
+    return web.json_response(body=reply.model_dump_json().encode(), content_type="application/json")

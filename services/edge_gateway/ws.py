@@ -1,0 +1,93 @@
+"""`GET /edge/ws`: authenticate before the upgrade, then one reader per socket until it closes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WSCloseCode
+
+from shared.errors import ErrorCode
+from shared.service import is_draining
+
+from .connection import EdgeConnection
+from .handlers import handle_frame
+from .handshake import HandshakeRefused, authenticate, error_response
+from .keys import GATEWAY
+from .upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+# How long a close waits for the peer's close frame before dropping the connection.
+CLOSE_TIMEOUT_S = 2.0
+
+
+async def edge_ws(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    settings = gateway.settings
+    metrics = gateway.metrics
+    if is_draining(request.app):
+        metrics.handshakes.labels(outcome="draining").inc()
+        return error_response(503, ErrorCode.UNAVAILABLE, "gateway is shutting down, reconnect elsewhere")
+    try:
+        identity = authenticate(request, settings)
+    except HandshakeRefused as refused:
+        metrics.handshakes.labels(outcome=refused.outcome).inc()
+        log.info("edge handshake refused: %s", refused.message, extra={"status": refused.status})
+        return refused.response()
+
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, timeout=CLOSE_TIMEOUT_S, autoping=True)
+    await ws.prepare(request)
+    metrics.handshakes.labels(outcome="accepted").inc()
+    conn = EdgeConnection(
+        ws, identity.edge_agent_id, metrics, settings.send_timeout_s, settings.max_bad_frames_per_min
+    )
+    log.info(
+        "edge agent connected",
+        extra={
+            "edge_agent_id": conn.edge_agent_id,
+            "connection_id": conn.connection_id,
+            "legacy": identity.legacy,
+        },
+    )
+    pusher: asyncio.Task[None] | None = None
+    try:
+        await gateway.open(conn)
+        pusher = asyncio.create_task(gateway.push_pending(conn))
+        await read_frames(conn, gateway.upstream, settings.idle_timeout_s)
+    except Exception:
+        log.exception("edge socket failed", extra={"edge_agent_id": conn.edge_agent_id})
+        await conn.close(WSCloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        if pusher is not None:
+            pusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pusher
+        await gateway.close(conn)
+        code = ws.close_code if ws.close_code is not None else WSCloseCode.ABNORMAL_CLOSURE
+        metrics.disconnects.labels(code=str(int(code))).inc()
+        log.info(
+            "edge agent disconnected",
+            extra={
+                "edge_agent_id": conn.edge_agent_id,
+                "connection_id": conn.connection_id,
+                "code": int(code),
+            },
+        )
+    return ws
+
+
+async def read_frames(conn: EdgeConnection, upstream: Upstream, idle_timeout_s: float) -> None:
+    ws = conn.ws
+    while not ws.closed:
+        try:
+            msg = await ws.receive(timeout=idle_timeout_s)
+        except TimeoutError:
+            await conn.close(WSCloseCode.GOING_AWAY, "idle timeout")
+            return
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            await handle_frame(conn, msg.data, upstream)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return

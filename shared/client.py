@@ -1,0 +1,120 @@
+"""A small typed client of the command dispatcher for internal services.
+
+    client = CommandClient(nc)
+    async with client.lifecycle(command_id=cid) as events:   # subscribe first, then submit
+        await client.submit("agent-1", CommandType.SEND_MESSAGE_NOW, {...}, command_id=cid)
+        async for event in events:
+            if event.state in TERMINAL:
+                break
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ValidationError
+
+from shared import subjects
+from shared.broker import REQUEST_TIMEOUT_S, request
+from shared.commands import LIFECYCLE_EVENT, CommandRecord, LifecycleEvent
+from shared.edge_protocol import CommandType, Priority
+from shared.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    command_id: UUID
+    state: str
+    duplicate: bool
+
+
+class AgentInfo(BaseModel):
+    edge_agent_id: str
+    online: bool
+    connected_at: str | None
+    last_seen: str | None
+    last_status: dict[str, Any] | None
+    last_command_id: str | None = None
+    queued: int
+
+
+class CommandClient:
+    def __init__(self, nc: NATS, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+
+    async def submit(
+        self,
+        edge_agent_id: str,
+        command_type: CommandType | str,
+        payload: dict[str, Any],
+        *,
+        command_id: UUID | str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        ttl_s: int | None = None,
+    ) -> Submitted:
+        """Submit a command; returns once it is durably stored. Raises the dispatcher's error."""
+        body: dict[str, Any] = {
+            "edge_agent_id": edge_agent_id,
+            "command_type": str(command_type),
+            "payload": payload,
+            "priority": str(priority),
+        }
+        if command_id is not None:
+            body["command_id"] = str(command_id)
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        reply = await request(self.nc, subjects.COMMANDS_SUBMIT, body, self.timeout_s)
+        return Submitted(UUID(reply["command_id"]), reply["state"], bool(reply["duplicate"]))
+
+    async def get(self, command_id: UUID | str) -> CommandRecord:
+        reply = await request(self.nc, subjects.COMMANDS_GET, {"command_id": str(command_id)}, self.timeout_s)
+        return CommandRecord.model_validate(reply)
+
+    async def cancel(self, command_id: UUID | str) -> CommandRecord:
+        reply = await request(self.nc, subjects.COMMANDS_CANCEL, {"command_id": str(command_id)}, self.timeout_s)
+        return CommandRecord.model_validate(reply)
+
+    async def agent(self, edge_agent_id: str) -> AgentInfo:
+        reply = await request(self.nc, subjects.AGENTS_GET, {"edge_agent_id": edge_agent_id}, self.timeout_s)
+        return AgentInfo.model_validate(reply)
+
+    @contextlib.asynccontextmanager
+    async def lifecycle(
+        self, *, command_id: UUID | str | None = None, edge_agent_id: str | None = None, max_pending: int = 10_000
+    ) -> AsyncIterator[AsyncIterator[LifecycleEvent]]:
+        """Lifecycle events of one command or one agent, from the moment this is entered."""
+        if (command_id is None) == (edge_agent_id is None):
+            raise InvalidRequest("give exactly one of command_id or edge_agent_id")
+        if edge_agent_id is not None and not subjects.is_token(edge_agent_id):
+            raise InvalidRequest("edge_agent_id is not a valid id")
+        subject = (
+            subjects.lifecycle_of_command(str(UUID(str(command_id))))
+            if command_id is not None
+            else subjects.lifecycle_of_agent(str(edge_agent_id))
+        )
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=max_pending)
+
+        async def on_event(msg: Msg) -> None:
+            await queue.put(msg)
+
+        sub = await self.nc.subscribe(subject, cb=on_event)
+        await self.nc.flush()
+
+        async def events() -> AsyncIterator[LifecycleEvent]:
+            while True:
+                msg = await queue.get()
+                with contextlib.suppress(ValidationError):
+                    yield LIFECYCLE_EVENT.validate_json(msg.data)
+
+        try:
+            yield events()
+        finally:
+            await sub.unsubscribe()

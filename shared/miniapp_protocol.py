@@ -1,0 +1,296 @@
+"""Wire models of the MiniApp WebSocket protocol and its internal NATS API (DESIGN section 5).
+
+Browser -> gateway frames are one discriminated union parsed in one pass by `MINIAPP_INBOUND`.
+Gateway -> browser frames are built from the `*Data` models with `encode`. The records the gateway
+keeps in JetStream (session state, presence) and the events it publishes live here too: any
+service may read them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError
+
+from shared.errors import ErrorCode, IkiroError
+from shared.subjects import TOKEN_RE
+
+SessionId = Annotated[str, Field(pattern=TOKEN_RE.pattern)]
+ClientMsgId = Annotated[str, Field(min_length=1, max_length=128)]
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_STATE_BYTES = 256 * 1024
+MAX_CONNECTIONS_PER_SESSION = 200
+
+
+class Source(StrEnum):
+    PEER = "peer"
+    SERVER = "server"
+
+
+class PresenceEvent(StrEnum):
+    JOINED = "joined"
+    LEFT = "left"
+    TYPING = "typing"
+
+
+# --- Browser -> gateway ---
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StateUpdateIn(_Data):
+    patch: dict[str, Any]
+    base_version: StrictInt | None = Field(default=None, ge=0)
+    client_msg_id: ClientMsgId | None = None
+
+
+class ActionIn(_Data):
+    action: str = Field(min_length=1, max_length=128)
+    payload: Any = None
+    client_msg_id: ClientMsgId | None = None
+
+
+class TypingIn(_Data):
+    is_typing: StrictBool
+
+
+class AuthIn(_Data):
+    token: str = Field(min_length=1, max_length=16 * 1024)
+
+
+class PingFrame(BaseModel):
+    type: Literal["ping"]
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class StateUpdateFrame(BaseModel):
+    type: Literal["state_update"]
+    data: StateUpdateIn
+
+
+class ActionFrame(BaseModel):
+    type: Literal["action"]
+    data: ActionIn
+
+
+class TypingFrame(BaseModel):
+    type: Literal["typing"]
+    data: TypingIn
+
+
+class AuthFrame(BaseModel):
+    type: Literal["auth"]
+    data: AuthIn
+
+
+InboundFrame = PingFrame | StateUpdateFrame | ActionFrame | TypingFrame | AuthFrame
+MINIAPP_INBOUND: TypeAdapter[InboundFrame] = TypeAdapter(Annotated[InboundFrame, Field(discriminator="type")])
+
+
+class FrameError(IkiroError, ValueError):
+    """A browser frame that cannot be used; answered with an `error` frame, the socket stays open."""
+
+    code = ErrorCode.INVALID_FRAME
+
+
+def parse_inbound(raw: bytes | str) -> InboundFrame:
+    """Parse one browser frame, or raise `FrameError` with the contract's code."""
+    try:
+        return MINIAPP_INBOUND.validate_json(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        kind = first["type"]
+        client_msg_id = _client_msg_id(raw)
+        extra: dict[str, Any] = {"client_msg_id": client_msg_id} if client_msg_id else {}
+        if kind == "json_invalid":
+            raise FrameError("frame is not valid JSON", ErrorCode.INVALID_JSON) from None
+        if kind == "union_tag_invalid":
+            raise FrameError("unknown frame type", ErrorCode.UNKNOWN_TYPE, **extra) from None
+        where = ".".join(str(part) for part in first["loc"]) or "frame"
+        raise FrameError(f"{where}: {first['msg']}", ErrorCode.INVALID_FRAME, **extra) from None
+
+
+def _client_msg_id(raw: bytes | str) -> str | None:
+    """The `client_msg_id` of a refused frame, so the error can name it."""
+    try:
+        body = orjson.loads(raw)
+        value = body["data"]["client_msg_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+
+
+# --- Gateway -> browser ---
+
+
+class Peer(BaseModel):
+    user_id: str
+    connection_id: str
+
+
+class ConnectedData(BaseModel):
+    session_id: str
+    user_id: str
+    connection_id: str
+    connection_count: int
+    peers: list[Peer]
+    state: dict[str, Any]
+    version: int
+
+
+class PresenceData(BaseModel):
+    event: PresenceEvent
+    user_id: str
+    connection_id: str
+    connection_count: int
+    is_typing: bool | None = None
+
+
+class StateUpdateData(BaseModel):
+    patch: dict[str, Any]
+    version: int
+    source: Source
+    user_id: str | None = None
+    connection_id: str | None = None
+    client_msg_id: str | None = None
+
+
+class ActionData(BaseModel):
+    action: str
+    payload: Any = None
+    user_id: str
+    connection_id: str
+
+
+class AuthOkData(BaseModel):
+    expires_at: int
+
+
+class ErrorData(BaseModel):
+    code: ErrorCode
+    message: str
+    client_msg_id: str | None = None
+    version: int | None = None
+
+
+def encode(type_: str, data: BaseModel | dict[str, Any]) -> bytes:
+    """One `{type, data}` frame as JSON bytes; optional fields left unset are omitted."""
+    body = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
+    return orjson.dumps({"type": type_, "data": body})
+
+
+def error_frame(err: IkiroError) -> bytes:
+    extra = err.extra
+    return encode(
+        "error",
+        ErrorData(
+            code=err.code,
+            message=err.message,
+            client_msg_id=extra.get("client_msg_id"),
+            version=extra.get("version"),
+        ),
+    )
+
+
+# --- Internal NATS API ---
+
+
+class StateUpdateRequest(BaseModel):
+    session_id: SessionId
+    patch: dict[str, Any]
+    base_version: StrictInt | None = Field(default=None, ge=0)
+
+
+class StateUpdateReply(BaseModel):
+    version: int
+
+
+class GetRequest(BaseModel):
+    session_id: SessionId
+
+
+class GetReply(BaseModel):
+    state: dict[str, Any]
+    version: int
+    connection_count: int
+    peers: list[Peer]
+
+
+class PresenceNotice(BaseModel):
+    """Published on `miniapp.presence.<session_id>` for backend consumers."""
+
+    session_id: str
+    event: PresenceEvent
+    user_id: str
+    connection_id: str
+    connection_count: int
+    at: str
+
+
+class ActionNotice(BaseModel):
+    """Published on `miniapp.actions.<session_id>`; gateways relay it to the other sockets."""
+
+    session_id: str
+    user_id: str
+    connection_id: str
+    action: str
+    payload: Any = None
+    at: str
+
+
+class TypingNotice(BaseModel):
+    """Gateway-to-gateway relay of a `typing` frame (not part of the public API)."""
+
+    user_id: str
+    connection_id: str
+    is_typing: bool
+
+
+STATE_UPDATE_REQUEST: TypeAdapter[StateUpdateRequest] = TypeAdapter(StateUpdateRequest)
+GET_REQUEST: TypeAdapter[GetRequest] = TypeAdapter(GetRequest)
+ACTION_NOTICE: TypeAdapter[ActionNotice] = TypeAdapter(ActionNotice)
+TYPING_NOTICE: TypeAdapter[TypingNotice] = TypeAdapter(TypingNotice)
+
+
+# --- JetStream records ---
+
+
+class SessionRecord(BaseModel):
+    """The value of a session's key: the state after `version`, and the update that made it.
+
+    `patch` is None for a record that only renews the session's idle TTL (same version).
+    """
+
+    state: dict[str, Any] = Field(default_factory=dict)
+    version: int = 0
+    patch: dict[str, Any] | None = None
+    source: Source = Source.SERVER
+    user_id: str | None = None
+    connection_id: str | None = None
+    client_msg_id: str | None = None
+    at: float = 0.0  # unix seconds when the update was accepted
+
+
+class ConnectionStatus(StrEnum):
+    PENDING = "pending"  # written, not yet admitted under the session cap
+    ACTIVE = "active"
+
+
+class ConnectionRecord(BaseModel):
+    """One connection's presence entry; its replica's lease keeps it alive."""
+
+    session_id: str
+    connection_id: str
+    user_id: str
+    replica_id: str
+    status: ConnectionStatus
+    created_rev: int | None = None  # revision of the first write: the admission order
+
+
+SESSION_RECORD: TypeAdapter[SessionRecord] = TypeAdapter(SessionRecord)
+CONNECTION_RECORD: TypeAdapter[ConnectionRecord] = TypeAdapter(ConnectionRecord)
