@@ -61,7 +61,7 @@ async def start_dispatcher(nats_url: str, **overrides: Any) -> RunningApp:
 
 
 async def start_gateway(nats_url: str, **overrides: Any) -> RunningApp:
-    settings = EdgeGatewaySettings(nats_url=nats_url, edge_secret=SECRET, **overrides)
+    settings = EdgeGatewaySettings(nats_url=nats_url, **{"edge_secret": SECRET, **overrides})
     nc = await nats.connect(nats_url)
     app = create_gateway(settings, nc)
     server = TestServer(app, host="127.0.0.1")
