@@ -164,7 +164,9 @@ async def edge_stack(nats_url: str, gateways: int = 1, **dispatcher_overrides: A
 
 
 class Stack:
-    def __init__(self, dispatcher: RunningApp, gateways: list[RunningApp], client: CommandClient, nc: NATS) -> None:
+    def __init__(
+        self, dispatcher: RunningApp, gateways: list[RunningApp], client: CommandClient, nc: NATS
+    ) -> None:
         self.dispatcher = dispatcher
         self.gateways = gateways
         self.client = client
@@ -175,7 +177,9 @@ class Stack:
     def gateway(self) -> RunningApp:
         return self.gateways[0]
 
-    async def agent(self, agent_id: str, gateway: RunningApp | None = None, bearer: str | None = None) -> Agent:
+    async def agent(
+        self, agent_id: str, gateway: RunningApp | None = None, bearer: str | None = None
+    ) -> Agent:
         agent = await connect_agent(gateway or self.gateway, agent_id, bearer)
         self.agents.append(agent)
         return agent

@@ -98,7 +98,9 @@ async def test_get_and_cancel_of_unknown_command_are_not_found(stack: Stack) -> 
         await stack.client.cancel(uuid.uuid4())
 
 
-async def test_cancel_queued_command_then_cancel_again_is_not_cancellable(stack: Stack, agent_id: str) -> None:
+async def test_cancel_queued_command_then_cancel_again_is_not_cancellable(
+    stack: Stack, agent_id: str
+) -> None:
     sub = await stack.client.submit(agent_id, "send_message_now", MSG)
     record = await stack.client.cancel(sub.command_id)
     assert record.state == "cancelled"
@@ -134,7 +136,9 @@ async def test_offline_command_expires_at_its_ttl(stack: Stack, agent_id: str) -
     assert (await stack.client.get(sub.command_id)).state == "expired"
 
 
-async def test_unknown_agent_is_not_found_and_known_offline_agent_is_described(stack: Stack, agent_id: str) -> None:
+async def test_unknown_agent_is_not_found_and_known_offline_agent_is_described(
+    stack: Stack, agent_id: str
+) -> None:
     with pytest.raises(NotFound):
         await stack.client.agent(agent_id)
     await stack.client.submit(agent_id, "send_message_now", MSG)

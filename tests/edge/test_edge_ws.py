@@ -82,7 +82,9 @@ async def test_queued_commands_are_pushed_on_connect_in_priority_order(stack: St
         submitted.append((priority, str(sub.command_id)))
     agent = await stack.agent(agent_id)
     received = [(await agent.command())["command_id"] for _ in range(4)]
-    expected = [cid for p, cid in submitted if p == "immediate"] + [cid for p, cid in submitted if p == "normal"]
+    expected = [cid for p, cid in submitted if p == "immediate"] + [
+        cid for p, cid in submitted if p == "normal"
+    ]
     assert received == expected
 
 
@@ -162,7 +164,9 @@ async def _last_status(stack: Stack, agent_id: str, expected: dict[str, Any]) ->
     return (await stack.client.agent(agent_id)).last_status == expected
 
 
-async def test_acks_for_foreign_unknown_and_finished_commands_change_nothing(stack: Stack, agent_id: str) -> None:
+async def test_acks_for_foreign_unknown_and_finished_commands_change_nothing(
+    stack: Stack, agent_id: str
+) -> None:
     owner = await stack.agent(agent_id)
     intruder = await stack.agent(f"{agent_id}-x")
     sub = await stack.client.submit(agent_id, "send_message_now", MSG)
@@ -201,7 +205,9 @@ async def test_received_but_never_finished_fails_with_execution_timeout(stack: S
     assert (await stack.client.get(sub.command_id)).error == "execution_timeout"
 
 
-async def test_sent_command_goes_to_the_new_socket_at_once_after_reconnect(stack: Stack, agent_id: str) -> None:
+async def test_sent_command_goes_to_the_new_socket_at_once_after_reconnect(
+    stack: Stack, agent_id: str
+) -> None:
     first = await stack.agent(agent_id)
     sub = await stack.client.submit(agent_id, "send_message_now", MSG)
     assert (await first.command())["command_id"] == str(sub.command_id)

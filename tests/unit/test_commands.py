@@ -29,7 +29,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMING = Timing(ack_timeout_s=10, max_ack_timeout_s=300, max_attempts=3, execution_timeout_s=100)
 
 
-def record(priority: Priority = Priority.NORMAL, ttl_s: int | None = None, agent: str = "a1") -> CommandRecord:
+def record(
+    priority: Priority = Priority.NORMAL, ttl_s: int | None = None, agent: str = "a1"
+) -> CommandRecord:
     req = SubmitRequest(
         edge_agent_id=agent,
         command_type=CommandType.SEND_MESSAGE_NOW,
@@ -93,7 +95,9 @@ def test_ack_for_unknown_command_changes_nothing() -> None:
 
 def test_failed_ack_keeps_the_agents_error() -> None:
     rec = sent(record(), T0)
-    new, _ = apply_ack(rec, "a1", CommandAck(command_id=rec.command_id, status=AckStatus.FAILED, error="boom"), T0)
+    new, _ = apply_ack(
+        rec, "a1", CommandAck(command_id=rec.command_id, status=AckStatus.FAILED, error="boom"), T0
+    )
     assert new is not None and new.state is CommandState.FAILED and new.error == "boom"
 
 
