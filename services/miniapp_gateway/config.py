@@ -1,0 +1,61 @@
+"""Settings of the MiniApp gateway (DESIGN sections 2 and 5); every one is an environment variable."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+from pydantic import Field, model_validator
+
+from shared.config import ServiceSettings
+from shared.miniapp_protocol import MAX_CONNECTIONS_PER_SESSION, MAX_FRAME_BYTES, MAX_STATE_BYTES
+
+
+class MiniAppSettings(ServiceSettings):
+    FILE_SETTINGS: ClassVar[tuple[str, ...]] = ("supabase_jwt_secret",)
+
+    port: int = Field(default=8081, ge=0, le=65535)
+
+    # Token verification: an HS256 secret, and/or a JWKS (URL or file) for RS256/ES256.
+    supabase_jwt_secret: str | None = None
+    supabase_jwks_url: str | None = None
+    supabase_jwks_file: str | None = None
+    jwt_audience: str = "authenticated"
+    # Token `role` claims allowed into sessions; another role is closed with 4003.
+    miniapp_allowed_roles: tuple[str, ...] = ("authenticated",)
+
+    # Contract limits (DESIGN section 5).
+    max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=1024)
+    max_state_bytes: int = Field(default=MAX_STATE_BYTES, ge=1024, le=768 * 1024)
+    max_connections_per_session: int = Field(default=MAX_CONNECTIONS_PER_SESSION, ge=1)
+    rate_per_s: float = Field(default=30.0, gt=0)
+    rate_burst: int = Field(default=60, ge=1)
+    # Frames refused for rate within `rate_abuse_window_s` that close the socket with 1008.
+    rate_abuse_limit: int = Field(default=60, ge=1)
+    rate_abuse_window_s: float = Field(default=10.0, gt=0)
+    outbox_max_frames: int = Field(default=1000, ge=1)
+    outbox_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Queued frames past which `typing` presence is no longer queued for a socket.
+    outbox_typing_drop_frames: int = Field(default=100, ge=0)
+
+    # Liveness: a replica renews its lease every heartbeat; a lease not renewed for
+    # `presence_ttl_s` (whole seconds) expires and the replica's connections are reported `left`.
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    presence_ttl_s: int = Field(default=6, ge=1)
+    # Sessions with no connections and no update for this long are removed.
+    session_idle_ttl_s: int = Field(default=86400, ge=1)
+    # Revisions of a session kept in JetStream: how far a replica's watcher may lag.
+    session_history: int = Field(default=16, ge=2, le=64)
+    ws_heartbeat_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_a_key(self) -> Self:
+        if not self.supabase_jwt_secret and not self.supabase_jwks_url and not self.supabase_jwks_file:
+            raise ValueError(
+                "SUPABASE_JWT_SECRET, SUPABASE_JWKS_URL or SUPABASE_JWKS_FILE is required "
+                "to verify MiniApp tokens"
+            )
+        if self.supabase_jwks_url and self.supabase_jwks_file:
+            raise ValueError("set only one of SUPABASE_JWKS_URL and SUPABASE_JWKS_FILE")
+        if self.heartbeat_interval_s * 2 > self.presence_ttl_s:
+            raise ValueError("HEARTBEAT_INTERVAL_S must be at most half of PRESENCE_TTL_S")
+        return self

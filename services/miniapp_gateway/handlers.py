@@ -1,0 +1,144 @@
+"""What each browser frame does: one `handle_<type>` per type, found by one dict lookup."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from services.miniapp_gateway.connection import Connection
+from services.miniapp_gateway.sessions import LocalSession
+from services.miniapp_gateway.state import StateStore
+from shared import jsonutil, subjects
+from shared.errors import ErrorCode, IkiroError, error_body
+from shared.metrics import MiniAppGatewayMetrics
+from shared.miniapp_protocol import (
+    ActionFrame,
+    ActionNotice,
+    AuthFrame,
+    AuthOkData,
+    FrameError,
+    InboundFrame,
+    PingFrame,
+    Source,
+    StateUpdateFrame,
+    TypingFrame,
+    TypingNotice,
+    encode,
+    parse_inbound,
+)
+from shared.supabase import SupabaseVerifier, TokenError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a frame handler may use."""
+
+    nc: NATS
+    store: StateStore
+    verifier: SupabaseVerifier
+    metrics: MiniAppGatewayMetrics
+    leeway_s: float
+
+
+async def handle_ping(ctx: Context, conn: Connection, session: LocalSession, frame: PingFrame) -> None:
+    conn.send("pong", encode("pong", {}))
+
+
+async def handle_state_update(
+    ctx: Context, conn: Connection, session: LocalSession, frame: StateUpdateFrame
+) -> None:
+    """Apply the patch as the next version; the sender's confirmation arrives with the fan-out."""
+    data = frame.data
+    try:
+        await ctx.store.apply(
+            conn.session_id,
+            data.patch,
+            data.base_version,
+            Source.PEER,
+            user_id=conn.user_id,
+            connection_id=conn.connection_id,
+            client_msg_id=data.client_msg_id,
+            cached=session.cached(),
+        )
+    except IkiroError as err:
+        if data.client_msg_id is not None:
+            err.extra["client_msg_id"] = data.client_msg_id
+        conn.send_error(err)
+
+
+async def handle_action(ctx: Context, conn: Connection, session: LocalSession, frame: ActionFrame) -> None:
+    """Publish for backend consumers; every gateway relays it to its other sockets of the session."""
+    notice = ActionNotice(
+        session_id=conn.session_id,
+        user_id=conn.user_id,
+        connection_id=conn.connection_id,
+        action=frame.data.action,
+        payload=frame.data.payload,
+        at=jsonutil.now_iso(),
+    )
+    await ctx.nc.publish(subjects.miniapp_actions(conn.session_id), notice.model_dump_json().encode())
+
+
+async def handle_typing(ctx: Context, conn: Connection, session: LocalSession, frame: TypingFrame) -> None:
+    notice = TypingNotice(
+        user_id=conn.user_id, connection_id=conn.connection_id, is_typing=frame.data.is_typing
+    )
+    await ctx.nc.publish(subjects.miniapp_typing(conn.session_id), notice.model_dump_json().encode())
+
+
+async def handle_auth(ctx: Context, conn: Connection, session: LocalSession, frame: AuthFrame) -> None:
+    """In-band token refresh: a valid token of the same user moves the socket's expiry."""
+    try:
+        claims = await ctx.verifier.verify(frame.data.token)
+    except TokenError as err:
+        conn.send_error(err)
+        return
+    if claims.sub != conn.user_id:
+        conn.send_error(TokenError("token is for another user"))
+        return
+    conn.expire_at(claims.exp, ctx.leeway_s)
+    conn.send("auth_ok", encode("auth_ok", AuthOkData(expires_at=claims.exp)))
+
+
+Handler = Callable[[Context, Connection, LocalSession, Any], Awaitable[None]]
+
+HANDLERS: dict[type[InboundFrame], Handler] = {
+    PingFrame: handle_ping,
+    StateUpdateFrame: handle_state_update,
+    ActionFrame: handle_action,
+    TypingFrame: handle_typing,
+    AuthFrame: handle_auth,
+}
+
+
+async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: bytes | str) -> None:
+    """Handle one frame; anything unusable is answered with an `error` frame, never raised."""
+    if not conn.admit_frame():
+        ctx.metrics.frames_in.labels(type="rate_limited").inc()
+        conn.send_error(IkiroError("too many frames, slow down", ErrorCode.RATE_LIMITED))
+        return
+    try:
+        frame = parse_inbound(raw)
+    except FrameError as err:
+        ctx.metrics.frames_in.labels(type="invalid").inc()
+        conn.send_error(err)
+        return
+    ctx.metrics.frames_in.labels(type=frame.type).inc()
+    try:
+        await HANDLERS[type(frame)](ctx, conn, session, frame)
+    except IkiroError as err:
+        conn.send_error(err)
+    except nats.errors.Error as err:
+        log.warning("frame %s failed on NATS: %s", frame.type, err)
+        conn.send_error(IkiroError("temporarily unavailable, try again", ErrorCode.UNAVAILABLE))
+    except Exception as err:
+        log.exception("frame %s failed", frame.type, extra={"connection_id": conn.connection_id})
+        body = error_body(err)
+        conn.send_error(IkiroError(body["message"], ErrorCode.INTERNAL_ERROR))

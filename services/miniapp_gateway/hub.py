@@ -1,0 +1,147 @@
+"""Admission of sockets into sessions, and the registry of this replica's `LocalSession`s.
+
+Admission under the cross-replica cap: a joining socket first writes a pending presence entry;
+the entry's revision is its place in one global order. Once this replica's view has caught up to
+that revision, it has seen every entry written before it, from every replica, so counting the
+entries ahead of it decides admission the same way everywhere: the cap is never exceeded, even
+when sockets join through several replicas at the same instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+
+import nats.errors
+import nats.js.errors
+from aiohttp import WSCloseCode
+from nats.aio.client import Client as NATS
+
+from services.miniapp_gateway.connection import Connection
+from services.miniapp_gateway.presence import Presence
+from services.miniapp_gateway.sessions import LocalSession
+from services.miniapp_gateway.state import StateStore
+from shared.errors import IkiroError
+from shared.metrics import MiniAppGatewayMetrics
+from shared.miniapp_protocol import ConnectionRecord, ConnectionStatus, PresenceEvent
+
+log = logging.getLogger(__name__)
+
+NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
+
+
+class SessionFull(IkiroError):
+    """The session already holds its maximum number of connections (close 4029)."""
+
+
+class Hub:
+    def __init__(
+        self,
+        nc: NATS,
+        store: StateStore,
+        presence: Presence,
+        metrics: MiniAppGatewayMetrics,
+        max_connections: int,
+    ) -> None:
+        self.nc = nc
+        self.store = store
+        self.presence = presence
+        self.metrics = metrics
+        self.max_connections = max_connections
+        self.sessions: dict[str, LocalSession] = {}
+        self.connections: set[Connection] = set()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        presence.on_death.append(self._replica_died)
+        presence.on_fenced = self._fenced
+
+    async def join(self, conn: Connection) -> LocalSession:
+        """Admit `conn` into its session and queue its `connected` frame, or raise `SessionFull`."""
+        session = await self._acquire(conn.session_id)
+        replica_id = self.presence.replica_id
+        written = False
+        try:
+            revision = await self.presence.add(conn.session_id, conn.connection_id, conn.user_id)
+            written = True
+            await session.wait_seen(revision)
+            if session.ahead_of(conn.connection_id, revision) >= self.max_connections:
+                raise SessionFull("session full")
+            record = ConnectionRecord(
+                session_id=conn.session_id,
+                connection_id=conn.connection_id,
+                user_id=conn.user_id,
+                replica_id=replica_id,
+                status=ConnectionStatus.PENDING,
+            )
+            activated = await self.presence.activate(record, revision)
+            await session.wait_seen(activated)
+        except BaseException:
+            if written:
+                with contextlib.suppress(*NATS_ERRORS):
+                    await self.presence.remove(replica_id, conn.session_id, conn.connection_id)
+            await self._release(session)
+            raise
+        session.attach(conn)
+        self.connections.add(conn)
+        self.metrics.sockets_open.inc()
+        await self.presence.publish(
+            conn.session_id, PresenceEvent.JOINED, conn.user_id, conn.connection_id, session.count()
+        )
+        return session
+
+    async def leave(self, conn: Connection, session: LocalSession, replica_id: str) -> None:
+        """Remove an admitted socket: its entry goes, every replica reports it `left`."""
+        session.detach(conn)
+        self.connections.discard(conn)
+        self.metrics.sockets_open.dec()
+        try:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self.presence.remove(replica_id, conn.session_id, conn.connection_id)
+            count = sum(
+                1 for m in session.members.values() if m.active and m.connection_id != conn.connection_id
+            )
+            await self.presence.publish(
+                conn.session_id, PresenceEvent.LEFT, conn.user_id, conn.connection_id, count
+            )
+        finally:
+            await self._release(session)
+
+    async def _acquire(self, session_id: str) -> LocalSession:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        async with lock:
+            session = self.sessions.get(session_id)
+            if session is None or session.closed:
+                session = LocalSession(session_id, self.nc, self.store, self.presence, self.metrics)
+                try:
+                    await session.start()
+                except BaseException:
+                    await session.stop()
+                    raise
+                self.sessions[session_id] = session
+                self.metrics.sessions_active.set(len(self.sessions))
+            session.users += 1
+            return session
+
+    async def _release(self, session: LocalSession) -> None:
+        session.users -= 1
+        if session.users > 0 or session.closed:
+            return
+        session.closed = True
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+        self.metrics.sessions_active.set(len(self.sessions))
+        await session.stop()
+
+    def _replica_died(self, replica_id: str) -> None:
+        for session in list(self.sessions.values()):
+            session.drop_replica(replica_id)
+
+    async def _fenced(self) -> None:
+        self.close_all(WSCloseCode.SERVICE_RESTART, "gateway lost its lease, reconnect")
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections):
+            conn.close_soon(code, reason)

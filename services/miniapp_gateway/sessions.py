@@ -1,0 +1,324 @@
+"""The sessions this replica has sockets in: one `LocalSession` each, started on the first socket.
+
+A `LocalSession` watches the session's state key and its connection entries in JetStream, so
+this replica sees every version in order and every join and leave from any replica, and fans
+them out to its own sockets. It also relays actions and typing published by any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from aiohttp import WSCloseCode
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from services.miniapp_gateway.connection import Connection
+from services.miniapp_gateway.kvstore import is_removal, stop_watcher
+from services.miniapp_gateway.presence import Presence, parse_connection_key
+from services.miniapp_gateway.state import StateStore
+from shared import subjects
+from shared.metrics import MiniAppGatewayMetrics
+from shared.miniapp_protocol import (
+    ACTION_NOTICE,
+    CONNECTION_RECORD,
+    SESSION_RECORD,
+    TYPING_NOTICE,
+    ActionData,
+    ConnectedData,
+    ConnectionStatus,
+    Peer,
+    PresenceData,
+    PresenceEvent,
+    SessionRecord,
+    Source,
+    StateUpdateData,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+SYNC_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Member:
+    """A connection entry as this replica's view of the session sees it."""
+
+    user_id: str
+    connection_id: str
+    replica_id: str
+    active: bool
+    order: int  # revision of its first write: its place in the admission order
+
+
+class LocalSession:
+    def __init__(
+        self,
+        session_id: str,
+        nc: NATS,
+        store: StateStore,
+        presence: Presence,
+        metrics: MiniAppGatewayMetrics,
+    ) -> None:
+        self.session_id = session_id
+        self.nc = nc
+        self.store = store
+        self.presence = presence
+        self.metrics = metrics
+        self.connections: dict[str, Connection] = {}
+        self.users = 0  # sockets holding this session (joining ones included)
+        self.record = SessionRecord()
+        self.revision = 0
+        self.members: dict[str, Member] = {}  # by connection_id
+        self.presence_seq = 0
+        self._state_synced = asyncio.Event()
+        self._presence_synced = asyncio.Event()
+        self._seen = asyncio.Condition()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subs: list[Subscription] = []
+        self.closed = False
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        self._subs.append(
+            await self.nc.subscribe(subjects.miniapp_actions(self.session_id), cb=self._on_action)
+        )
+        self._subs.append(
+            await self.nc.subscribe(subjects.miniapp_typing(self.session_id), cb=self._on_typing)
+        )
+        self._spawn(self._watch_state())
+        self._spawn(self._watch_presence())
+        self._spawn(self._keep_alive())
+        async with asyncio.timeout(SYNC_TIMEOUT_S):
+            await self._state_synced.wait()
+            await self._presence_synced.wait()
+
+    async def stop(self) -> None:
+        self.closed = True
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task failed", exc_info=task.exception(), extra={"session_id": self.session_id})
+            self.close_all(WSCloseCode.INTERNAL_ERROR, "internal error")
+
+    # --- view of the session ---
+
+    def count(self) -> int:
+        return sum(1 for m in self.members.values() if m.active)
+
+    def peers(self) -> list[Peer]:
+        return [
+            Peer(user_id=m.user_id, connection_id=m.connection_id) for m in self.members.values() if m.active
+        ]
+
+    def ahead_of(self, connection_id: str, order: int) -> int:
+        """Connections admitted or waiting before `order`: the ones a new connection queues behind."""
+        return sum(1 for m in self.members.values() if m.connection_id != connection_id and m.order < order)
+
+    async def wait_seen(self, revision: int) -> None:
+        """Until the presence view has applied the bucket up to `revision` (a write of ours)."""
+        async with asyncio.timeout(SYNC_TIMEOUT_S), self._seen:
+            await self._seen.wait_for(lambda: self.presence_seq >= revision)
+
+    def attach(self, conn: Connection) -> None:
+        """Add a socket and queue its `connected` snapshot; later events reach it in order."""
+        self.connections[conn.connection_id] = conn
+        data = ConnectedData(
+            session_id=self.session_id,
+            user_id=conn.user_id,
+            connection_id=conn.connection_id,
+            connection_count=self.count(),
+            peers=self.peers(),
+            state=self.record.state,
+            version=self.record.version,
+        )
+        conn.send("connected", encode("connected", data))
+
+    def detach(self, conn: Connection) -> None:
+        self.connections.pop(conn.connection_id, None)
+
+    def cached(self) -> tuple[SessionRecord, int]:
+        return self.record, self.revision
+
+    def broadcast(self, kind: str, frame: bytes, exclude: str | None = None) -> None:
+        for connection_id, conn in list(self.connections.items()):
+            if connection_id != exclude:
+                conn.send(kind, frame)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections.values()):
+            conn.close_soon(code, reason)
+
+    # --- state: every version, in order ---
+
+    async def _watch_state(self) -> None:
+        watcher = await self.store.bucket.kv.watch(self.session_id)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self._state_synced.set()
+                    continue
+                self.revision = entry.revision or 0
+                if is_removal(entry.operation):
+                    if self.record.version:
+                        log.warning(
+                            "session state vanished under live sockets", extra={"session_id": self.session_id}
+                        )
+                        self.close_all(WSCloseCode.SERVICE_RESTART, "session reset")
+                    self.record = SessionRecord()
+                    continue
+                self._apply_record(SESSION_RECORD.validate_json(entry.value or b"{}"))
+        finally:
+            await stop_watcher(watcher)
+
+    def _apply_record(self, record: SessionRecord) -> None:
+        current = self.record.version
+        if not self._state_synced.is_set() or record.version <= current:
+            if record.version >= current:
+                self.record = record
+            return
+        self.record = record
+        if record.version != current + 1 or record.patch is None:
+            # More versions went by than the bucket keeps: sockets could not be told in order.
+            log.warning("session watcher fell behind", extra={"session_id": self.session_id})
+            self.close_all(WSCloseCode.TRY_AGAIN_LATER, "fell behind, reconnect")
+            return
+        peer = record.source is Source.PEER
+        data = StateUpdateData(
+            patch=record.patch,
+            version=record.version,
+            source=record.source,
+            user_id=record.user_id if peer else None,
+            connection_id=record.connection_id if peer else None,
+            client_msg_id=record.client_msg_id,
+        )
+        self.broadcast("state_update", encode("state_update", data))
+        self.metrics.fanout.observe(max(0.0, time.time() - record.at))
+
+    async def _keep_alive(self) -> None:
+        """Renew the idle TTL of a session that has sockets but no updates."""
+        period = max(1.0, self.store.idle_ttl_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            if time.time() - self.record.at >= period:
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await self.store.touch(self.session_id, self.record, self.revision)
+
+    # --- presence: joins and leaves from every replica ---
+
+    async def _watch_presence(self) -> None:
+        watcher = await self.presence.bucket.kv.watch(
+            subjects.miniapp_connections_of_session(self.session_id)
+        )
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self._presence_synced.set()
+                    continue
+                self._apply_entry(entry.key, entry.operation, entry.value, entry.revision or 0)
+                async with self._seen:
+                    self.presence_seq = max(self.presence_seq, entry.revision or 0)
+                    self._seen.notify_all()
+        finally:
+            await stop_watcher(watcher)
+
+    def _apply_entry(self, key: str, operation: str | None, value: bytes | None, revision: int) -> None:
+        parsed = parse_connection_key(key)
+        if parsed is None:
+            return
+        replica_id, _, connection_id = parsed
+        if is_removal(operation):
+            gone = self.members.pop(connection_id, None)
+            if gone is not None and gone.active:
+                self._announce(PresenceEvent.LEFT, gone)
+            return
+        if self.presence.is_dead(replica_id):
+            return
+        self.presence.check_replica(replica_id)
+        try:
+            record = CONNECTION_RECORD.validate_json(value or b"")
+        except ValidationError:
+            log.warning("unreadable presence entry %s", key)
+            return
+        before = self.members.get(connection_id)
+        member = Member(
+            user_id=record.user_id,
+            connection_id=connection_id,
+            replica_id=replica_id,
+            active=record.status is ConnectionStatus.ACTIVE,
+            order=record.created_rev or revision,
+        )
+        self.members[connection_id] = member
+        if member.active and (before is None or not before.active):
+            self._announce(PresenceEvent.JOINED, member)
+
+    def drop_replica(self, replica_id: str) -> None:
+        """A replica died: its connections left, whether or not its entries are deleted yet."""
+        for member in [m for m in self.members.values() if m.replica_id == replica_id]:
+            del self.members[member.connection_id]
+            if member.active:
+                self._announce(PresenceEvent.LEFT, member)
+
+    def _announce(self, event: PresenceEvent, member: Member) -> None:
+        data = PresenceData(
+            event=event,
+            user_id=member.user_id,
+            connection_id=member.connection_id,
+            connection_count=self.count(),
+        )
+        self.broadcast("presence", encode("presence", data), exclude=member.connection_id)
+
+    # --- relays ---
+
+    async def _on_action(self, msg: Msg) -> None:
+        try:
+            notice = ACTION_NOTICE.validate_json(msg.data)
+        except ValidationError:
+            return
+        data = ActionData(
+            action=notice.action,
+            payload=notice.payload,
+            user_id=notice.user_id,
+            connection_id=notice.connection_id,
+        )
+        self.broadcast("action", encode("action", data), exclude=notice.connection_id)
+
+    async def _on_typing(self, msg: Msg) -> None:
+        try:
+            notice = TYPING_NOTICE.validate_json(msg.data)
+        except ValidationError:
+            return
+        data = PresenceData(
+            event=PresenceEvent.TYPING,
+            user_id=notice.user_id,
+            connection_id=notice.connection_id,
+            connection_count=self.count(),
+            is_typing=notice.is_typing,
+        )
+        self.broadcast("typing", encode("presence", data), exclude=notice.connection_id)
+
+
+SessionFactory = Callable[[str], LocalSession]

@@ -1,0 +1,122 @@
+"""Authoritative session state in JetStream KV: one key per session, one revision per version.
+
+Every accepted update is a compare-and-set on the key's revision, so concurrent writers on any
+replica produce versions 1, 2, 3, ... with no gaps and no forks. Writers on one replica queue on a
+per-session lock first, which leaves only cross-replica races to the compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from typing import Any
+
+import orjson
+
+from services.miniapp_gateway.kvstore import Bucket, WrongRevision
+from services.miniapp_gateway.mergepatch import merge_patch
+from shared.errors import ErrorCode, IkiroError, Unavailable
+from shared.metrics import MiniAppGatewayMetrics
+from shared.miniapp_protocol import SESSION_RECORD, SessionRecord, Source
+
+MAX_ATTEMPTS = 64
+
+
+class StateStore:
+    def __init__(
+        self, bucket: Bucket, metrics: MiniAppGatewayMetrics, max_state_bytes: int, idle_ttl_s: int
+    ) -> None:
+        self.bucket = bucket
+        self.metrics = metrics
+        self.max_state_bytes = max_state_bytes
+        self.idle_ttl_s = idle_ttl_s
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def load(self, session_id: str) -> tuple[SessionRecord, int]:
+        """The session's record and revision; an empty version-0 record for a new session."""
+        read = await self.bucket.read(session_id)
+        if read.value is None:
+            return SessionRecord(), read.revision
+        return SESSION_RECORD.validate_json(read.value), read.revision
+
+    async def apply(
+        self,
+        session_id: str,
+        patch: dict[str, Any],
+        base_version: int | None,
+        source: Source,
+        user_id: str | None = None,
+        connection_id: str | None = None,
+        client_msg_id: str | None = None,
+        cached: tuple[SessionRecord, int] | None = None,
+    ) -> SessionRecord:
+        """Apply one merge patch as the next version; refused updates change nothing."""
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        async with lock:
+            try:
+                record = await self._apply(
+                    session_id, patch, base_version, source, user_id, connection_id, client_msg_id, cached
+                )
+            except IkiroError as err:
+                self.metrics.state_updates.labels(source=source, result=err.code).inc()
+                raise
+            self.metrics.state_updates.labels(source=source, result="accepted").inc()
+            return record
+
+    async def _apply(
+        self,
+        session_id: str,
+        patch: dict[str, Any],
+        base_version: int | None,
+        source: Source,
+        user_id: str | None,
+        connection_id: str | None,
+        client_msg_id: str | None,
+        cached: tuple[SessionRecord, int] | None,
+    ) -> SessionRecord:
+        for _ in range(MAX_ATTEMPTS):
+            current, revision = cached if cached is not None else await self.load(session_id)
+            cached = None
+            if base_version is not None and base_version != current.version:
+                raise IkiroError(
+                    f"base_version {base_version} is not the current version {current.version}",
+                    ErrorCode.VERSION_CONFLICT,
+                    version=current.version,
+                )
+            state = merge_patch(current.state, patch)
+            size = len(orjson.dumps(state))
+            if size > self.max_state_bytes:
+                raise IkiroError(
+                    f"state would be {size} bytes, over the {self.max_state_bytes} byte limit",
+                    ErrorCode.STATE_TOO_LARGE,
+                )
+            record = SessionRecord(
+                state=state,
+                version=current.version + 1,
+                patch=patch,
+                source=source,
+                user_id=user_id,
+                connection_id=connection_id,
+                client_msg_id=client_msg_id,
+                at=time.time(),
+            )
+            try:
+                await self.bucket.write(
+                    session_id, record.model_dump_json().encode(), revision, self.idle_ttl_s
+                )
+            except WrongRevision:
+                self.metrics.write_conflicts.inc()
+                continue
+            return record
+        raise Unavailable("session is too contended, try again")
+
+    async def touch(self, session_id: str, current: SessionRecord, revision: int) -> None:
+        """Renew the idle TTL of a session that still has connections (same version, no patch)."""
+        renewed = current.model_copy(update={"patch": None, "at": time.time()})
+        # A concurrent write renewed it too, so losing the compare-and-set is fine.
+        with contextlib.suppress(WrongRevision):
+            await self.bucket.write(session_id, renewed.model_dump_json().encode(), revision, self.idle_ttl_s)
