@@ -43,7 +43,9 @@ def make_verifier(settings: MiniAppSettings) -> SupabaseVerifier:
         jwks = Jwks(url=settings.supabase_jwks_url)
     elif settings.supabase_jwks_file:
         jwks = Jwks(path=Path(settings.supabase_jwks_file))
-    return SupabaseVerifier(settings.jwt_audience, secret=settings.supabase_jwt_secret, jwks=jwks)
+    return SupabaseVerifier(
+        settings.jwt_audience, secret=settings.supabase_jwt_secret, jwks=jwks, leeway_s=settings.jwt_leeway_s
+    )
 
 
 def create_app(

@@ -20,6 +20,8 @@ class MiniAppSettings(ServiceSettings):
     supabase_jwks_url: str | None = None
     supabase_jwks_file: str | None = None
     jwt_audience: str = "authenticated"
+    # Clock skew allowed on `exp` (DESIGN: 30 s), at connect and while connected.
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     # Token `role` claims allowed into sessions; another role is closed with 4003.
     miniapp_allowed_roles: tuple[str, ...] = ("authenticated",)
 

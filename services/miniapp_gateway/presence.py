@@ -56,6 +56,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def parse_connection_key(key: str) -> tuple[str, str, str] | None:
     """`(replica_id, session_id, connection_id)` of a connection entry's key."""
     parts = key.split(".")
@@ -249,6 +254,9 @@ class Presence:
                 try:
                     msgs = await sub.fetch(batch=16, timeout=max(self.heartbeat_s, 1.0))
                 except (nats.errors.TimeoutError, TimeoutError):
+                    # nats-py's fetch can turn our own cancellation into a timeout.
+                    if self._stopped or _cancelling():
+                        raise asyncio.CancelledError from None
                     continue
                 except nats.errors.Error as err:
                     log.warning("reaper fetch failed: %s", err)
