@@ -139,10 +139,12 @@ class Client:
         await self.http.close()
 
 
-async def connect(gateway: Gateway, session_id: str, user_id: str | None = None, tok: str | None = None) -> Client:
+async def connect(
+    gateway: Gateway, session_id: str, user_id: str | None = None, tok: str | None = None, anonymous: bool = False
+) -> Client:
     """Open a socket; the `connected` frame (or the close) is left for the caller to read."""
     http = aiohttp.ClientSession()
-    if tok is None:
+    if tok is None and not anonymous:
         tok = token(user_id or new_user())
     ws = await http.ws_connect(gateway.ws_url(session_id, tok), autoping=True)
     return Client(ws, http)
