@@ -34,3 +34,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+include deploy/k8s.mk

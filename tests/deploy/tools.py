@@ -6,6 +6,7 @@ fails the run. Under plain `make test` a test that needs a missing tool is skipp
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ def tool(name: str, env: str) -> str:
 def module(name: str) -> Any:
     """Import a Python package that only `make k8s-check` installs (requirements in deploy/k8s.mk)."""
     if strict():
-        return __import__(name)
+        return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"{name} is not installed (make k8s-check installs it)")
 
 
@@ -69,5 +70,9 @@ def kustomize_build(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd, timeout=120)
+def run(
+    cmd: list[str], cwd: Path | None = None, input_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, check=False, cwd=cwd, timeout=120, input=input_text
+    )
