@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from shared.errors import ErrorCode, IkiroError
 
 FUTURE_SKEW_S = 300
+# Accepted only outside production, so `make run` works with nothing configured.
+DEV_EDGE_SECRET = "dev-edge-secret"
 
 
 class EdgeAuthError(IkiroError, PermissionError):

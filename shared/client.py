@@ -1,11 +1,11 @@
 """A small typed client of the command dispatcher for internal services.
 
-    client = CommandClient(nc)
-    async with client.lifecycle(command_id=cid) as events:   # subscribe first, then submit
-        await client.submit("agent-1", CommandType.SEND_MESSAGE_NOW, {...}, command_id=cid)
-        async for event in events:
-            if event.state in TERMINAL:
-                break
+client = CommandClient(nc)
+async with client.lifecycle(command_id=cid) as events:   # subscribe first, then submit
+    await client.submit("agent-1", CommandType.SEND_MESSAGE_NOW, {...}, command_id=cid)
+    async for event in events:
+        if event.state in TERMINAL:
+            break
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class CommandClient:
         return CommandRecord.model_validate(reply)
 
     async def cancel(self, command_id: UUID | str) -> CommandRecord:
-        reply = await request(self.nc, subjects.COMMANDS_CANCEL, {"command_id": str(command_id)}, self.timeout_s)
+        reply = await request(
+            self.nc, subjects.COMMANDS_CANCEL, {"command_id": str(command_id)}, self.timeout_s
+        )
         return CommandRecord.model_validate(reply)
 
     async def agent(self, edge_agent_id: str) -> AgentInfo:
@@ -88,7 +90,11 @@ class CommandClient:
 
     @contextlib.asynccontextmanager
     async def lifecycle(
-        self, *, command_id: UUID | str | None = None, edge_agent_id: str | None = None, max_pending: int = 10_000
+        self,
+        *,
+        command_id: UUID | str | None = None,
+        edge_agent_id: str | None = None,
+        max_pending: int = 10_000,
     ) -> AsyncIterator[AsyncIterator[LifecycleEvent]]:
         """Lifecycle events of one command or one agent, from the moment this is entered."""
         if (command_id is None) == (edge_agent_id is None):

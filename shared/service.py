@@ -88,8 +88,9 @@ async def serve(
         async with asyncio.timeout(settings.shutdown_grace_s):
             await asyncio.sleep(settings.shutdown_delay_s)
             await drain()
-            with contextlib.suppress(Exception):
-                await nc.drain()
+            if nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await nc.drain()
     except TimeoutError:
         log.warning("shutdown grace exceeded, closing now")
     finally:

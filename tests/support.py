@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -34,7 +33,9 @@ def nats_server_binary() -> str:
 
 
 async def wait_until(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    timeout: float = 10.0,
+    interval: float = 0.02,
 ) -> None:
     """Poll `condition` until it holds; fail with TimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -103,7 +104,11 @@ class ServiceProcess:
 
     async def start(self, timeout: float = 20.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=None
+            [sys.executable, "-m", self.module],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=None,
         )
         await wait_until(self.ready, timeout=timeout, interval=0.05)
 
@@ -127,9 +132,12 @@ class ServiceProcess:
             self.proc.wait(timeout=10)
 
 
-async def http_status(url: str, **kwargs: Any) -> int | None:
+async def http_status(url: str) -> int | None:
     try:
-        async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r,
+        ):
             return r.status
     except (aiohttp.ClientError, TimeoutError):
         return None

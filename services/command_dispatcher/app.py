@@ -80,22 +80,26 @@ class Dispatcher:
                 ack_policy=AckPolicy.EXPLICIT, ack_wait=self.settings.failover_s, max_deliver=-1
             ),
         )
-        while True:
-            try:
-                msgs = await sub.fetch(64, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.Error as err:
-                log.warning("stored ack fetch failed: %s", err)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
+        try:
+            while True:
                 try:
-                    await self.handlers.handle_ack(msg.data)
-                    await msg.ack()
-                except Exception:
-                    log.exception("stored ack failed")
-                    await msg.nak(delay=1.0)
+                    msgs = await sub.fetch(64, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.Error as err:
+                    log.warning("stored ack fetch failed: %s", err)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    try:
+                        await self.handlers.handle_ack(msg.data)
+                        await msg.ack()
+                    except Exception:
+                        log.exception("stored ack failed")
+                        await msg.nak(delay=1.0)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def _report_queue_depth(self) -> None:
         js = self.nc.jetstream()

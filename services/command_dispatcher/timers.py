@@ -8,6 +8,7 @@ dies is redelivered after `failover_s` (the consumer's ack wait) to another repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from datetime import datetime
@@ -88,6 +89,9 @@ class TimerWorker:
                     await self.workers.submit(agent, functools.partial(self.fire, msg))
         finally:
             await self.workers.close()
+            # A pull subscription left open would hold up the connection's drain.
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def fire(self, msg: Msg) -> None:
         """Act on one timer firing, then remove the timer (final) or schedule its next firing."""

@@ -7,13 +7,11 @@ from typing import ClassVar, Self
 
 from pydantic import Field, model_validator
 
+from shared.auth import DEV_EDGE_SECRET
 from shared.config import Environment, ServiceSettings
 from shared.edge_protocol import MAX_FRAME_BYTES
 
 log = logging.getLogger(__name__)
-
-# Only outside production, and only so `make run` works with nothing set.
-DEV_EDGE_SECRET = "dev-edge-secret"
 
 
 class EdgeGatewaySettings(ServiceSettings):

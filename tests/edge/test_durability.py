@@ -149,7 +149,7 @@ async def test_two_dispatchers_deliver_each_command_once(
             seen[cid] += 1
             await agent.ack(cid, "completed")
         for cid in ids:
-            await wait_until(lambda c=cid: _completed(client, c), timeout=10)  # type: ignore[misc]
+            await wait_until(lambda c=cid: _completed(client, c), timeout=10)
         assert all(seen[cid] == 1 for cid in ids), seen
         assert [(await client.get(cid)).attempts for cid in ids] == [1] * len(ids)
     finally:

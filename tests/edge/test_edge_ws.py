@@ -103,7 +103,7 @@ async def test_ping_is_answered_with_pong(stack: Stack, agent_id: str) -> None:
         ("[1, 2]", "invalid_frame"),
         ('{"type": "command_ack", "data": {"command_id": "x", "status": "received"}}', "invalid_frame"),
         (
-            '{"type": "command_ack", "data": {"command_id": "%s", "status": "done"}}' % uuid.uuid4(),
+            f'{{"type": "command_ack", "data": {{"command_id": "{uuid.uuid4()}", "status": "done"}}}}',
             "invalid_frame",
         ),
         ('{"type": "status", "data": "up"}', "invalid_frame"),
