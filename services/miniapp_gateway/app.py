@@ -75,7 +75,8 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
             storage=StorageType.FILE,
             replicas=settings.jetstream_replicas,
             direct=True,
-            limit_marker_ttl=MARKER_TTL_S,
+            # No delete markers here: nothing watches a session without sockets, and nats-server
+            # raises a first write's TTL to the marker TTL when history > 1.
         ),
     )
     presence_kv = await ensure_kv(

@@ -48,6 +48,7 @@ from shared.miniapp_protocol import (
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 5.0
 DeathListener = Callable[[str], None]
 Fenced = Callable[[], Coroutine[Any, Any, None]]
 
@@ -109,7 +110,9 @@ class Presence:
         self._stopped = True
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: nats-py's fetch may swallow a cancellation (its loop then sees `_stopped`).
+            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self.bucket.delete(subjects.miniapp_lease_key(self.replica_id))
 
@@ -250,7 +253,7 @@ class Presence:
             config=config,
         )
         try:
-            while True:
+            while not self._stopped:
                 try:
                     msgs = await sub.fetch(batch=16, timeout=max(self.heartbeat_s, 1.0))
                 except (nats.errors.TimeoutError, TimeoutError):

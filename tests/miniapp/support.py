@@ -11,6 +11,7 @@ import aiohttp
 import nats
 import orjson
 from aiohttp import web
+from nats.aio.client import Client as NATS
 
 from services.miniapp_gateway.app import create_app, drain
 from services.miniapp_gateway.config import MiniAppSettings
@@ -55,7 +56,7 @@ class Gateway:
     settings: MiniAppSettings
     app: web.Application
     runner: web.AppRunner
-    nc: nats.aio.client.Client
+    nc: NATS
 
     @property
     def base_url(self) -> str:
@@ -122,7 +123,9 @@ class Client:
             while True:
                 frame = await self.next(timeout)
                 if frame is None:
-                    raise AssertionError(f"closed ({self.close_code} {self.close_reason}) waiting for {type_}")
+                    raise AssertionError(
+                        f"closed ({self.close_code} {self.close_reason}) waiting for {type_}"
+                    )
                 data = frame.get("data") or {}
                 if frame["type"] == type_ and all(data.get(k) == v for k, v in match.items()):
                     return data
@@ -140,7 +143,11 @@ class Client:
 
 
 async def connect(
-    gateway: Gateway, session_id: str, user_id: str | None = None, tok: str | None = None, anonymous: bool = False
+    gateway: Gateway,
+    session_id: str,
+    user_id: str | None = None,
+    tok: str | None = None,
+    anonymous: bool = False,
 ) -> Client:
     """Open a socket; the `connected` frame (or the close) is left for the caller to read."""
     http = aiohttp.ClientSession()
@@ -150,7 +157,9 @@ async def connect(
     return Client(ws, http)
 
 
-async def join(gateway: Gateway, session_id: str, user_id: str | None = None) -> tuple[Client, dict[str, Any]]:
+async def join(
+    gateway: Gateway, session_id: str, user_id: str | None = None
+) -> tuple[Client, dict[str, Any]]:
     """Open a socket and read its `connected` frame."""
     client = await connect(gateway, session_id, user_id)
     connected = await client.expect("connected")

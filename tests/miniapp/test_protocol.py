@@ -21,7 +21,9 @@ from shared.miniapp_protocol import (
 def test_each_client_type_parses() -> None:
     assert isinstance(parse_inbound(b'{"type":"ping","data":{}}'), PingFrame)
     assert isinstance(parse_inbound(b'{"type":"ping"}'), PingFrame)
-    update = parse_inbound(b'{"type":"state_update","data":{"patch":{"a":1},"base_version":3,"client_msg_id":"m"}}')
+    update = parse_inbound(
+        b'{"type":"state_update","data":{"patch":{"a":1},"base_version":3,"client_msg_id":"m"}}'
+    )
     assert isinstance(update, StateUpdateFrame) and update.data.base_version == 3
     assert isinstance(parse_inbound(b'{"type":"action","data":{"action":"vote","payload":[1]}}'), ActionFrame)
     assert isinstance(parse_inbound(b'{"type":"typing","data":{"is_typing":true}}'), TypingFrame)

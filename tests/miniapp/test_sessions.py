@@ -14,6 +14,8 @@ from shared import subjects
 from tests.miniapp.support import Client, Gateway, join, new_session, new_user
 from tests.support import wait_until
 
+PER_CLIENT = 12
+
 
 async def close_all(*clients: Client) -> None:
     for client in clients:
@@ -152,12 +154,13 @@ async def test_concurrent_updates_arrive_in_one_order_everywhere(pair: tuple[Gat
     for _ in range(3):
         session = new_session()
         clients = [(await join(gw, session))[0] for gw in (a, b, a, b)]
-        per_client = 12
-        total = per_client * len(clients)
+        total = PER_CLIENT * len(clients)
 
         async def write(index: int, client: Client) -> None:
-            for n in range(per_client):
-                await client.send("state_update", {"patch": {f"c{index}": n}, "client_msg_id": f"{index}-{n}"})
+            for n in range(PER_CLIENT):
+                await client.send(
+                    "state_update", {"patch": {f"c{index}": n}, "client_msg_id": f"{index}-{n}"}
+                )
                 if rng.random() < 0.5:
                     await asyncio.sleep(0)  # yield to let the other writers interleave differently
 
@@ -168,10 +171,12 @@ async def test_concurrent_updates_arrive_in_one_order_everywhere(pair: tuple[Gat
             seen.append([(u["version"], u["client_msg_id"]) for u in updates])
         assert [v for v, _ in seen[0]] == list(range(1, total + 1))
         assert all(s == seen[0] for s in seen)
-        assert sorted(m for _, m in seen[0]) == sorted(f"{i}-{n}" for i in range(4) for n in range(per_client))
+        assert sorted(m for _, m in seen[0]) == sorted(
+            f"{i}-{n}" for i in range(4) for n in range(PER_CLIENT)
+        )
         final, snapshot = await join(b, session)
         assert snapshot["version"] == total
-        assert snapshot["state"] == {f"c{i}": per_client - 1 for i in range(4)}
+        assert snapshot["state"] == {f"c{i}": PER_CLIENT - 1 for i in range(4)}
         await close_all(*clients, final)
 
 
@@ -241,14 +246,20 @@ async def test_server_sourced_update_over_nats(pair: tuple[Gateway, Gateway], nc
     )
     assert orjson.loads(reply.data) == {"ok": True, "version": 1}
     for client in (c1, c2):
-        assert await client.expect("state_update") == {"patch": {"round": 1}, "version": 1, "source": "server"}
+        assert await client.expect("state_update") == {
+            "patch": {"round": 1},
+            "version": 1,
+            "source": "server",
+        }
     conflict = await nc.request(
         subjects.MINIAPP_STATE_UPDATE,
         orjson.dumps({"session_id": session, "patch": {"round": 2}, "base_version": 0}),
         timeout=5,
     )
     body = orjson.loads(conflict.data)
-    assert body["ok"] is False and body["error"]["code"] == "version_conflict" and body["error"]["version"] == 1
+    assert (
+        body["ok"] is False and body["error"]["code"] == "version_conflict" and body["error"]["version"] == 1
+    )
     await close_all(c1, c2)
 
 

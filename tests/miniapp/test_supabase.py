@@ -122,7 +122,9 @@ async def test_rs256_and_es256_through_a_jwks_file(
         await verifier.verify(mint_dev_token("x", SECRET, AUD, 60))
 
 
-async def test_hs256_signed_with_the_public_key_is_refused(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+async def test_hs256_signed_with_the_public_key_is_refused(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
     """The algorithm-confusion attack: HMAC keyed with the (public) RSA key."""
     path = tmp_path / "jwks.json"
     write_jwks(path, jwk(rsa_key, "r1"))
