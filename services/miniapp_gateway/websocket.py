@@ -24,6 +24,7 @@ from services.miniapp_gateway.outbox import Outbox
 from services.miniapp_gateway.presence import new_id
 from services.miniapp_gateway.ratelimit import AbuseCounter, TokenBucket
 from services.miniapp_gateway.sessions import LocalSession
+from shared.errors import ErrorCode
 from shared.service import is_draining
 from shared.subjects import is_token
 from shared.supabase import TokenError
@@ -51,7 +52,8 @@ GATEWAY = web.AppKey("miniapp_gateway", Gateway)
 
 async def handle_socket(request: web.Request) -> web.StreamResponse:
     if is_draining(request.app) or GATEWAY not in request.app:
-        return web.json_response({"error": {"code": "unavailable", "message": "draining"}}, status=503)
+        body = {"error": {"code": ErrorCode.UNAVAILABLE, "message": "draining, reconnect elsewhere"}}
+        return web.json_response(body, status=503)
     gateway = request.app[GATEWAY]
     task = asyncio.current_task()
     assert task is not None
