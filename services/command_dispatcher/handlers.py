@@ -76,17 +76,21 @@ class Handlers:
             raise
         command_type = str(req.command_type)
         command_id = req.command_id or uuid.uuid4()
-        existing = await self.store.get(command_id)
-        if existing is None:
-            if len(await self.store.active_command_ids(req.edge_agent_id)) >= self.max_queued_per_agent:
+        active = await self.store.active_command_ids(req.edge_agent_id)
+        existing = None
+        if len(active) >= self.max_queued_per_agent:
+            existing = await self.store.get(command_id) if req.command_id else None
+            if existing is None:
                 self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
                 raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
+        else:
             record = new_record(req, command_id, jsonutil.utcnow())
             if await self.store.create(record):
                 self.metrics.submitted.labels(command_type=command_type, result="accepted").inc()
                 return {"command_id": str(command_id), "state": record.state, "duplicate": False}
             existing = await self.store.get(command_id)
-            assert existing is not None
+        if existing is None:  # created and then gone: only retention removes records
+            raise NotFound(f"command {command_id} is no longer kept")
         current = existing[0]
         if not current.same_content(req):
             self.metrics.submitted.labels(command_type=command_type, result="conflict").inc()

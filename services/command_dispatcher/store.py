@@ -7,6 +7,7 @@ acting on the same command change it once; the loser re-reads and decides again.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from uuid import UUID
 
@@ -29,6 +30,8 @@ from shared.metrics import DispatcherMetrics
 log = logging.getLogger(__name__)
 
 MAX_CAS_RETRIES = 20
+# Records this replica wrote or read last, so an ack or timer usually needs no read first.
+RECORD_CACHE_SIZE = 20_000
 
 Change = Callable[[CommandRecord], CommandRecord | None]
 
@@ -39,21 +42,40 @@ class CommandStore:
         self.js = js
         self.kv = store.commands
         self.metrics = metrics
+        self._cache: OrderedDict[str, tuple[CommandRecord, int]] = OrderedDict()
 
-    async def get(self, command_id: UUID | str) -> tuple[CommandRecord, int] | None:
+    async def get(self, command_id: UUID | str, fresh: bool = True) -> tuple[CommandRecord, int] | None:
+        """The record and its revision; `fresh=False` may answer from this replica's cache.
+
+        A cached record can only be behind the stored one, never ahead, and every write is a
+        compare-and-set: acting on a stale copy costs one failed write and a fresh read.
+        """
+        key = str(command_id)
+        if not fresh and (cached := self._cache.get(key)) is not None:
+            self._cache.move_to_end(key)
+            return cached
         try:
-            entry = await self.kv.get(str(command_id))
+            entry = await self.kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
         assert entry.value is not None
-        return RECORD.validate_json(entry.value), entry.revision or 0
+        return self._remember(RECORD.validate_json(entry.value), entry.revision or 0)
+
+    def _remember(self, record: CommandRecord, revision: int) -> tuple[CommandRecord, int]:
+        key = str(record.command_id)
+        self._cache[key] = (record, revision)
+        self._cache.move_to_end(key)
+        if len(self._cache) > RECORD_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return record, revision
 
     async def create(self, record: CommandRecord) -> bool:
         """Store a new record durably; False when its id is taken already."""
         try:
-            await self.kv.create(str(record.command_id), record.model_dump_json().encode())
+            revision = await self.kv.create(str(record.command_id), record.model_dump_json().encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
+        self._remember(record, revision)
         await self.arm_timer(record)
         await self._changed(None, record)
         return True
@@ -64,8 +86,9 @@ class CommandStore:
 
     async def transition(self, command_id: UUID | str, change: Change) -> CommandRecord | None:
         """Apply `change` by compare-and-set, re-reading on a lost race; None when it changed nothing."""
+        fresh = False
         for _ in range(MAX_CAS_RETRIES):
-            got = await self.get(command_id)
+            got = await self.get(command_id, fresh=fresh)
             if got is None:
                 return None
             record, revision = got
@@ -73,10 +96,12 @@ class CommandStore:
             if new is None:
                 return None
             try:
-                await self.kv.update(str(command_id), new.model_dump_json().encode(), last=revision)
+                written = await self.kv.update(str(command_id), new.model_dump_json().encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 self.metrics.write_conflicts.inc()
+                fresh = True
                 continue
+            self._remember(new, written)
             await self._changed(record, new)
             return new
         raise IkiroError("command record too contended, try again")

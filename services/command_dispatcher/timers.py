@@ -97,7 +97,7 @@ class TimerWorker:
         """Act on one timer firing, then remove the timer (final) or schedule its next firing."""
         command_id = msg.subject.rsplit(".", 1)[1]
         for _ in range(4):
-            got = await self.store.get(command_id)
+            got = await self.store.get(command_id, fresh=False)
             if got is None:
                 await msg.ack()  # the record is gone (retention): nothing left to time
                 return
