@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from shared import jsonutil
 from shared.config import ServiceSettings
-from shared.errors import ErrorCode, IkiroError, Unavailable, error_body, error_from_body
+from shared.errors import ErrorCode, IkiroError, NoResponders, Unavailable, error_body, error_from_body
 from shared.metrics import ServiceMetrics
 from shared.workers import KeyedWorkers
 
@@ -63,7 +63,7 @@ async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_
     try:
         msg = await nc.request(subject, jsonutil.dumps(body), timeout=timeout_s)
     except nats.errors.NoRespondersError:
-        raise Unavailable(f"nobody answers {subject}") from None
+        raise NoResponders(f"nobody answers {subject}") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise Unavailable(f"{subject} timed out") from None
     reply = jsonutil.loads(msg.data)

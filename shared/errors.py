@@ -74,6 +74,10 @@ class Unavailable(IkiroError, ConnectionError):
     code = ErrorCode.UNAVAILABLE
 
 
+class NoResponders(Unavailable):
+    """Nobody subscribes to the subject at all (for a delivery: no socket anywhere)."""
+
+
 def error_body(exc: BaseException) -> dict[str, Any]:
     """The wire shape `{"code", "message", ...}` of an exception; internals never leak."""
     if isinstance(exc, IkiroError):

@@ -14,6 +14,7 @@ import pytest
 
 from shared.auth import verify_edge_token
 from shared.cli import main
+from shared.errors import IkiroError
 from shared.service import DRAINING
 from shared.sim_agent import SimAgent
 from tests.edge.support import SECRET, RunningApp, Stack, edge_stack
@@ -74,7 +75,7 @@ async def test_sim_agent_falls_back_to_sync_when_its_socket_is_refused(nats_url:
 async def _wait_online(stack: Stack, agent_id: str) -> None:
     async with asyncio.timeout(10):
         while True:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(IkiroError):
                 if (await stack.client.agent(agent_id)).online:
                     return
             await asyncio.sleep(0.05)

@@ -25,7 +25,7 @@ from shared.commands import (
     timer_action,
 )
 from shared.edge_protocol import CommandData
-from shared.errors import IkiroError
+from shared.errors import IkiroError, NoResponders
 from shared.metrics import DispatcherMetrics
 
 from .store import CommandStore
@@ -103,7 +103,8 @@ class Delivery:
                 err.message,
                 extra={"command_id": str(record.command_id), "edge_agent_id": record.edge_agent_id},
             )
-            await self.mark_offline(presence, revision)
+            if isinstance(err, NoResponders):  # no socket anywhere: its gateway died
+                await self.mark_offline(presence, revision)
             return
         self.metrics.deliveries.labels(result="delivered").inc()
 

@@ -31,7 +31,7 @@ from shared.commands import (
     validate_payload,
 )
 from shared.edge_protocol import CommandType
-from shared.errors import Conflict, IkiroError, NotCancellable, NotFound, QueueFull
+from shared.errors import Conflict, IkiroError, NoResponders, NotCancellable, NotFound, QueueFull
 from shared.metrics import DispatcherMetrics
 
 from .delivery import Delivery
@@ -143,9 +143,11 @@ class Handlers:
                 )
                 online = True
                 last_seen = reply.get("last_seen")
-            except IkiroError:
+            except NoResponders:
                 assert presence_found is not None
                 await self.delivery.mark_offline(presence, presence_found[1])
+            except IkiroError:
+                pass  # a gateway too busy to answer the probe in time: not proof the agent is gone
         status_rec = STATUS.validate_json(status) if status else None
         sync_rec = SYNC.validate_json(sync) if sync else None
         seen = [

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,8 @@ from shared.metrics import EdgeGatewayMetrics
 log = logging.getLogger(__name__)
 
 REPLACED = 4000
+# A close waits this long for the peer's close handshake (aiohttp's own wait is shorter).
+CLOSE_TIMEOUT_S = 3.0
 
 
 class EdgeConnection:
@@ -31,6 +34,8 @@ class EdgeConnection:
 
     __slots__ = (
         "_bad_frames",
+        "close_code",
+        "close_soon",
         "closing",
         "connection_id",
         "edge_agent_id",
@@ -41,18 +46,22 @@ class EdgeConnection:
         "newest_epoch_seen",
         "send_timeout_s",
         "subscription",
+        "transport",
         "ws",
     )
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
         edge_agent_id: str,
         metrics: EdgeGatewayMetrics,
         send_timeout_s: float,
         max_bad_frames: int,
+        close_soon: Callable[[EdgeConnection, int, str], None],
     ) -> None:
         self.ws = ws
+        self.transport = transport
         self.edge_agent_id = edge_agent_id
         self.connection_id = uuid.uuid4().hex
         self.metrics = metrics
@@ -63,6 +72,8 @@ class EdgeConnection:
         self.last_seen = jsonutil.utcnow()
         self.subscription: Subscription | None = None
         self.closing = False
+        self.close_soon = close_soon
+        self.close_code: int | None = None  # the code this side decided on, if it closed first
         self._bad_frames: deque[float] = deque(maxlen=max_bad_frames + 1)
 
     async def send(self, type_: str, data: Any) -> bool:
@@ -73,7 +84,8 @@ class EdgeConnection:
             async with asyncio.timeout(self.send_timeout_s):
                 await self.ws.send_bytes(jsonutil.dumps(frame(type_, data)))
         except TimeoutError:
-            await self.close(WSCloseCode.TRY_AGAIN_LATER, "too slow to read")
+            # Closed from a task of its own: this one may be a NATS callback that must not wait.
+            self.close_soon(self, WSCloseCode.TRY_AGAIN_LATER, "too slow to read")
             return False
         except (ConnectionError, RuntimeError):
             return False
@@ -87,7 +99,22 @@ class EdgeConnection:
         if self.closing:
             return
         self.closing = True
-        await self.ws.close(code=code, message=reason.encode())
+        self.close_code = code
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            # aiohttp shares one drain waiter per connection: a send cancelled by its timeout
+            # cancels it, and our close then sees that. Only a cancellation of this task is real.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            # The peer reads nothing, not even the close frame queued behind its unread data:
+            # cut the connection, or its buffers would be held until TCP gives up.
+            self.transport.abort()
 
     def bad_frame(self) -> bool:
         """Count an unusable frame; True once the one-minute allowance is used up."""

@@ -65,7 +65,7 @@ class Gateway:
         self.all_closed.clear()
         self.metrics.sockets_open.set(len(self.open_connections))
         if older is not None:
-            self._close_later(older, REPLACED, "replaced by a newer connection")
+            self.close_soon(older, REPLACED, "replaced by a newer connection")
         # Subscribe before claiming: a dispatcher that sees the claim can deliver at once.
         conn.subscription = await self.nc.subscribe(
             subjects.deliver(conn.edge_agent_id),
@@ -127,9 +127,9 @@ class Gateway:
         if conn is None or conn.connection_id == event.connection_id:
             return
         if conn.saw_newer(event.epoch):
-            self._close_later(conn, REPLACED, "replaced by a newer connection")
+            self.close_soon(conn, REPLACED, "replaced by a newer connection")
 
-    def _close_later(self, conn: EdgeConnection, code: int, reason: str) -> None:
+    def close_soon(self, conn: EdgeConnection, code: int, reason: str) -> None:
         """Close without making the caller wait for the peer's close handshake."""
         task = asyncio.create_task(conn.close(code, reason))
         self._closers.add(task)

@@ -42,7 +42,13 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     metrics.handshakes.labels(outcome="accepted").inc()
     conn = EdgeConnection(
-        ws, identity.edge_agent_id, metrics, settings.send_timeout_s, settings.max_bad_frames_per_min
+        ws,
+        request.transport,
+        identity.edge_agent_id,
+        metrics,
+        settings.send_timeout_s,
+        settings.max_bad_frames_per_min,
+        gateway.close_soon,
     )
     log.info(
         "edge agent connected",
@@ -66,7 +72,7 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError):
                 await pusher
         await gateway.close(conn)
-        code = ws.close_code if ws.close_code is not None else WSCloseCode.ABNORMAL_CLOSURE
+        code = conn.close_code or ws.close_code or WSCloseCode.ABNORMAL_CLOSURE
         metrics.disconnects.labels(code=str(int(code))).inc()
         log.info(
             "edge agent disconnected",

@@ -144,3 +144,14 @@ async def test_unknown_agent_is_not_found_and_known_offline_agent_is_described(
     await stack.client.submit(agent_id, "send_message_now", MSG)
     info = await stack.client.agent(agent_id)
     assert (info.online, info.queued, info.connected_at) == (False, 1, None)
+
+
+async def test_resubmitting_an_accepted_command_is_a_duplicate_even_when_the_queue_is_full(
+    stack: Stack, agent_id: str
+) -> None:
+    cid = uuid.uuid4()
+    await stack.client.submit(agent_id, "send_message_now", MSG, command_id=cid)
+    for _ in range(2):
+        await stack.client.submit(agent_id, "send_message_now", MSG)
+    again = await stack.client.submit(agent_id, "send_message_now", MSG, command_id=cid)
+    assert again.duplicate and again.command_id == cid

@@ -15,6 +15,7 @@ import nats
 import pytest
 
 from shared.client import CommandClient
+from shared.errors import IkiroError
 from tests.edge.support import SECRET, connect_agent
 from tests.support import NatsServer, ServiceProcess, free_port, http_status, wait_until
 
@@ -127,7 +128,7 @@ async def test_command_survives_sigkill_of_the_gateway_holding_the_agent(
 async def _online(client: CommandClient, agent_id: str) -> bool:
     try:
         return (await client.agent(agent_id)).online
-    except Exception:
+    except IkiroError:  # not known yet, or no dispatcher answering yet
         return False
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from typing import Any
 
 import aiohttp
 import pytest
 
+from services.edge_gateway.app import METRICS
+from services.edge_gateway.keys import GATEWAY
 from shared import subjects
-from tests.edge.support import SECRET, Stack, edge_stack, start_gateway, token
+from shared.errors import NotFound
+from tests.edge.support import SECRET, Stack, auth_headers, edge_stack, start_gateway, token
 from tests.support import wait_until
 
 MSG = {"thread_id": "t1", "text": "hello"}
@@ -161,7 +165,10 @@ async def test_status_over_16_kib_is_refused_and_not_kept(stack: Stack, agent_id
 
 
 async def _last_status(stack: Stack, agent_id: str, expected: dict[str, Any]) -> bool:
-    return (await stack.client.agent(agent_id)).last_status == expected
+    try:
+        return (await stack.client.agent(agent_id)).last_status == expected
+    except NotFound:  # the gateway has not written anything about the agent yet
+        return False
 
 
 async def test_acks_for_foreign_unknown_and_finished_commands_change_nothing(
@@ -363,3 +370,44 @@ async def test_previous_secret_still_works_during_rotation(nats_url: str, agent_
             assert (await agent.next())["type"] == "pong"
     finally:
         await gateway.stop()
+
+
+async def test_agent_too_slow_to_read_is_closed_with_1013(nats_url: str, agent_id: str) -> None:
+    gateway = await start_gateway(nats_url, send_timeout_s=0.3)
+    try:
+        # A client that never reads: aiohttp stops reading once its buffer is full, and a small
+        # fixed receive buffer keeps the kernel from absorbing megabytes on its behalf.
+        connector = aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
+        async with edge_stack(nats_url) as stack, aiohttp.ClientSession(connector=connector) as session:
+            ws = await session.ws_connect(
+                f"{gateway.ws_url}?edge_agent_id={agent_id}", headers=auth_headers(agent_id), max_msg_size=0
+            )
+            await wait_until(lambda: _online(stack, agent_id), timeout=10)
+            big = {"rule_type": "r", "rule_config": {"blob": "x" * 200_000}}
+            closes_before = _disconnects(1013)
+            for _ in range(40):
+                await stack.client.submit(agent_id, "set_rule", big)
+            await wait_until(lambda: not gateway.app[GATEWAY].open_connections, timeout=30)
+            assert _disconnects(1013) == closes_before + 1
+            await ws.close()
+    finally:
+        await gateway.stop()
+
+
+def _disconnects(code: int) -> float:
+    value: float = METRICS.disconnects.labels(code=str(code))._value.get()
+    return value
+
+
+def _small_receive_buffer(addr_info: Any) -> socket.socket:
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    return sock
+
+
+async def _online(stack: Stack, agent_id: str) -> bool:
+    try:
+        return (await stack.client.agent(agent_id)).online
+    except NotFound:
+        return False
