@@ -94,7 +94,7 @@ class Agents:
     """Client-side sockets and their reader tasks, kept referenced until `close`."""
 
     def __init__(self) -> None:
-        self.session = aiohttp.ClientSession()
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))  # no pool cap on sockets
         self.tasks: list[asyncio.Task[None]] = []
 
     async def close(self) -> None:
@@ -124,6 +124,15 @@ async def agents_acking(agents: Agents, url: str, ids: list[str], full_flow: boo
                         await ws.send_str(json.dumps({"type": "command_ack", "data": data}))
 
         agents.tasks.append(asyncio.create_task(ack_loop()))
+
+
+async def memory_per_socket(server: Proc, agents: Agents, path: str, count: int) -> float:
+    """Resident memory the server grows by per idle socket, measured by opening `count` more."""
+    before = server.rss_kib()
+    idle = [f"idle-{uuid.uuid4().hex[:8]}-{i}" for i in range(count)]
+    await agents_acking(agents, f"ws://127.0.0.1:{server.port}{path}", idle, full_flow=False)
+    await asyncio.sleep(1)  # let the server finish per-socket setup (presence, pull) before reading RSS
+    return (server.rss_kib() - before) * 1024 / count
 
 
 async def bench_product(nats_url: str, args: argparse.Namespace) -> dict[str, float]:
@@ -156,11 +165,7 @@ async def bench_product(nats_url: str, args: argparse.Namespace) -> dict[str, fl
             await asyncio.wait_for(done[cid], 30) if cid in done else None
 
         latencies, throughput = await run_load(send, args.commands, args.concurrency)
-        rss_before = gateway.rss_kib()
-        idle = [f"idle-{uuid.uuid4().hex[:8]}-{i}" for i in range(args.connections)]
-        await agents_acking(agents, f"ws://127.0.0.1:{gateway.port}/edge/ws", idle, full_flow=True)
-        await asyncio.sleep(1)
-        per_conn = (gateway.rss_kib() - rss_before) * 1024 / args.connections
+        per_conn = await memory_per_socket(gateway, agents, "/edge/ws", args.connections)
         return {**percentiles(latencies), "throughput": throughput, "bytes_per_conn": per_conn}
     finally:
         await agents.close()
@@ -185,11 +190,7 @@ async def bench_baseline(nats_url: str, args: argparse.Namespace) -> dict[str, f
             await nc.request(f"bench.deliver.{ids[i % len(ids)]}", body.encode(), timeout=30)
 
         latencies, throughput = await run_load(send, args.commands, args.concurrency)
-        rss_before = server.rss_kib()
-        idle = [f"idle-{uuid.uuid4().hex[:8]}-{i}" for i in range(args.connections)]
-        await agents_acking(agents, f"ws://127.0.0.1:{port}/ws", idle, full_flow=False)
-        await asyncio.sleep(1)
-        per_conn = (server.rss_kib() - rss_before) * 1024 / args.connections
+        per_conn = await memory_per_socket(server, agents, "/ws", args.connections)
         return {**percentiles(latencies), "throughput": throughput, "bytes_per_conn": per_conn}
     finally:
         await agents.close()

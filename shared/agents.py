@@ -10,9 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, TypeAdapter
 
+from shared.broker import kv_get
 from shared.edge_protocol import CommandData
+from shared.subjects import agent_key
 
 
 class AgentPresence(BaseModel):
@@ -38,6 +41,11 @@ class AgentSync(BaseModel):
 PRESENCE = TypeAdapter(AgentPresence)
 STATUS = TypeAdapter(AgentStatus)
 SYNC = TypeAdapter(AgentSync)
+
+
+async def read_presence(agents: KeyValue, edge_agent_id: str) -> tuple[AgentPresence, int] | None:
+    """The agent's presence record and its revision (the fencing token for rewriting it)."""
+    return await kv_get(agents, agent_key("presence", edge_agent_id), PRESENCE)
 
 
 class PresenceEvent(BaseModel):

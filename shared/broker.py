@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.kv import KeyValue
+from pydantic import TypeAdapter
 
 from shared import jsonutil
 from shared.config import ServiceSettings
@@ -23,6 +24,8 @@ from shared.metrics import ServiceMetrics
 from shared.workers import KeyedWorkers
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")
 
 REQUEST_TIMEOUT_S = 5.0
 
@@ -101,6 +104,15 @@ def replier(handler: Handler, logger: logging.Logger, pool: KeyedWorkers) -> Cal
                 logger.warning("reply on %s lost: %s", msg.subject, err)
 
     return on_request
+
+
+async def kv_get(kv: KeyValue, key: str, adapter: TypeAdapter[M]) -> tuple[M, int] | None:
+    """The value under `key` parsed by `adapter`, with its revision; None when absent or deleted."""
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return adapter.validate_json(entry.value or b""), entry.revision or 0
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,21 @@ class KeyedWorkers:
             await asyncio.wait(list(self._tasks))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        await cancel_and_wait(list(self._tasks))
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:
+    """Cancel `tasks` and wait for them, cancelling again while any lingers.
+
+    On Python 3.11 a cancellation that races a completing `wait_for` inside a library can be
+    swallowed; asking again (every 0.5 s, within the bound) makes the stop certain.
+    """
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while pending and loop.time() < deadline:
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.error("tasks would not stop: %s", [t.get_name() for t in pending])

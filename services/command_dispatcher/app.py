@@ -18,7 +18,7 @@ from shared import edge_jetstream, subjects
 from shared.broker import replier
 from shared.metrics import DispatcherMetrics
 from shared.service import add_health_routes
-from shared.workers import KeyedWorkers
+from shared.workers import KeyedWorkers, cancel_and_wait
 
 from .config import DispatcherSettings
 from .delivery import Delivery
@@ -119,9 +119,7 @@ class Dispatcher:
         await self.stop_tasks()
 
     async def stop_tasks(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
         self.tasks.clear()
 
 

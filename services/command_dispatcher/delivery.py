@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from shared import jsonutil, subjects
-from shared.agents import PRESENCE, AgentPresence, DeliverRequest
+from shared.agents import AgentPresence, DeliverRequest, read_presence
 from shared.broker import request
 from shared.commands import (
     CommandRecord,
@@ -56,17 +56,9 @@ class Delivery:
         self.metrics = metrics
         self.deliver_timeout_s = deliver_timeout_s
 
-    async def presence(self, edge_agent_id: str) -> tuple[AgentPresence, int] | None:
-        try:
-            entry = await self.agents.get(subjects.agent_key("presence", edge_agent_id))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        assert entry.value is not None
-        return PRESENCE.validate_json(entry.value), entry.revision or 0
-
     async def send(self, record: CommandRecord) -> bool:
         """Send (or send again) a due command over the agent's socket; False when it is offline."""
-        found = await self.presence(record.edge_agent_id)
+        found = await read_presence(self.agents, record.edge_agent_id)
         if found is None or not found[0].online or found[0].connection_id is None:
             return False
         presence, revision = found

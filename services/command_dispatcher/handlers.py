@@ -7,12 +7,11 @@ import logging
 import uuid
 from typing import Any
 
-import nats.js.errors
 from nats.js.kv import KeyValue
 
 from shared import jsonutil, subjects
-from shared.agents import STATUS, SYNC, DeliverRequest
-from shared.broker import request
+from shared.agents import STATUS, SYNC, DeliverRequest, read_presence
+from shared.broker import kv_get, request
 from shared.commands import (
     ACK_REQUEST,
     AGENT_REQUEST,
@@ -125,9 +124,9 @@ class Handlers:
         req = parse_request(AGENT_REQUEST, data)
         agent = req.edge_agent_id
         presence_found, status, sync, active = await asyncio.gather(
-            self.delivery.presence(agent),
-            _kv_value(self.agents, subjects.agent_key("status", agent)),
-            _kv_value(self.agents, subjects.agent_key("sync", agent)),
+            read_presence(self.agents, agent),
+            kv_get(self.agents, subjects.agent_key("status", agent), STATUS),
+            kv_get(self.agents, subjects.agent_key("sync", agent), SYNC),
             self.store.active_command_ids(agent),
         )
         presence = presence_found[0] if presence_found else None
@@ -148,8 +147,8 @@ class Handlers:
                 await self.delivery.mark_offline(presence, presence_found[1])
             except IkiroError:
                 pass  # a gateway too busy to answer the probe in time: not proof the agent is gone
-        status_rec = STATUS.validate_json(status) if status else None
-        sync_rec = SYNC.validate_json(sync) if sync else None
+        status_rec = status[0] if status else None
+        sync_rec = sync[0] if sync else None
         seen = [
             t
             for t in (
@@ -199,14 +198,6 @@ class Handlers:
                 extra={"command_id": str(req.ack.command_id), "edge_agent_id": req.edge_agent_id},
             )
         return {"outcome": outcome}
-
-
-async def _kv_value(kv: KeyValue, key: str) -> bytes | None:
-    try:
-        entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    return entry.value
 
 
 def _type_label(data: bytes) -> str:

@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from shared import subjects
+from shared.broker import kv_get
 from shared.commands import (
     RECORD,
     TERMINAL,
@@ -54,12 +55,8 @@ class CommandStore:
         if not fresh and (cached := self._cache.get(key)) is not None:
             self._cache.move_to_end(key)
             return cached
-        try:
-            entry = await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        assert entry.value is not None
-        return self._remember(RECORD.validate_json(entry.value), entry.revision or 0)
+        found = await kv_get(self.kv, key, RECORD)
+        return self._remember(*found) if found else None
 
     def _remember(self, record: CommandRecord, revision: int) -> tuple[CommandRecord, int]:
         key = str(record.command_id)

@@ -17,6 +17,7 @@ from shared import edge_jetstream, subjects
 from shared.agents import PRESENCE_EVENT
 from shared.errors import IkiroError
 from shared.metrics import EdgeGatewayMetrics
+from shared.workers import cancel_and_wait
 
 from .config import EdgeGatewaySettings
 from .connection import REPLACED, EdgeConnection
@@ -53,9 +54,7 @@ class Gateway:
             with contextlib.suppress(nats.errors.Error):
                 await self._presence_sub.unsubscribe()
             self._presence_sub = None
-        for task in self._closers:
-            task.cancel()
-        await asyncio.gather(*self._closers, return_exceptions=True)
+        await cancel_and_wait(list(self._closers))
 
     async def open(self, conn: EdgeConnection) -> None:
         """Make `conn` the agent's live socket here and everywhere, then announce it."""

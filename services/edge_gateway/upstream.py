@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from shared import jsonutil, subjects
-from shared.agents import PRESENCE, AgentPresence, AgentStatus, AgentSync, PresenceEvent
+from shared.agents import AgentPresence, AgentStatus, AgentSync, PresenceEvent, read_presence
 from shared.broker import request
 from shared.commands import AckRequest, PullRequest
 from shared.edge_protocol import CommandAck, CommandData, PendingEvent
@@ -77,7 +77,7 @@ class Upstream:
         """Make `connection_id` the agent's live socket; returns its epoch (higher = newer)."""
         key = subjects.agent_key("presence", edge_agent_id)
         for _ in range(CAS_RETRIES):
-            current, revision = await self._presence(key)
+            current, revision = await read_presence(self.agents, edge_agent_id) or (None, 0)
             now = jsonutil.utcnow()
             record = AgentPresence(
                 edge_agent_id=edge_agent_id,
@@ -96,21 +96,13 @@ class Upstream:
         """Mark the agent offline, unless a newer socket has claimed it since (then say nothing)."""
         key = subjects.agent_key("presence", edge_agent_id)
         for _ in range(CAS_RETRIES):
-            current, revision = await self._presence(key)
+            current, revision = await read_presence(self.agents, edge_agent_id) or (None, 0)
             if current is None or current.connection_id != connection_id or not current.online:
                 return
             record = current.model_copy(update={"online": False, "disconnected_at": jsonutil.utcnow()})
             if await self._write(key, record, revision):
                 await self._announce(record, "disconnected", connection_id)
                 return
-
-    async def _presence(self, key: str) -> tuple[AgentPresence | None, int]:
-        try:
-            entry = await self.agents.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None, 0
-        assert entry.value is not None
-        return PRESENCE.validate_json(entry.value), entry.revision or 0
 
     async def _write(self, key: str, record: AgentPresence, revision: int) -> bool:
         data = record.model_dump_json().encode()

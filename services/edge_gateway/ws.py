@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import WSMsgType, web
@@ -11,6 +10,7 @@ from aiohttp.http_websocket import WSCloseCode
 
 from shared.errors import ErrorCode
 from shared.service import is_draining
+from shared.workers import cancel_and_wait
 
 from .connection import EdgeConnection
 from .handlers import handle_frame
@@ -68,10 +68,7 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
         await conn.close(WSCloseCode.INTERNAL_ERROR, "internal error")
     finally:
         if pusher is not None:
-            pusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pusher
-        await gateway.close(conn)
+            await cancel_and_wait([pusher])
         code = conn.close_code or ws.close_code or WSCloseCode.ABNORMAL_CLOSURE
         metrics.disconnects.labels(code=str(int(code))).inc()
         log.info(
@@ -82,6 +79,7 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
                 "code": int(code),
             },
         )
+        await gateway.close(conn)
     return ws
 
 

@@ -28,6 +28,7 @@ from shared.errors import ErrorCode
 from shared.service import is_draining
 from shared.subjects import is_token
 from shared.supabase import TokenError
+from shared.workers import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +120,7 @@ async def _run(ctx: Context, conn: Connection, session: LocalSession) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
     if writer in done and not writer.cancelled() and writer.exception() is not None:
         log.info("socket write failed: %s", writer.exception(), extra={"connection_id": conn.connection_id})
     request = conn.close_request
