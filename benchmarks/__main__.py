@@ -94,7 +94,8 @@ class Agents:
     """Client-side sockets and their reader tasks, kept referenced until `close`."""
 
     def __init__(self) -> None:
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))  # no pool cap on sockets
+        # limit=0: the default pool of 100 connections would hold the 101st socket forever.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self.tasks: list[asyncio.Task[None]] = []
 
     async def close(self) -> None:
