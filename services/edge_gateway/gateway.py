@@ -41,7 +41,7 @@ class Gateway:
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self._presence_sub: Subscription | None = None
-        self._closers: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.upstream: Upstream
 
     async def start(self) -> None:
@@ -54,7 +54,7 @@ class Gateway:
             with contextlib.suppress(nats.errors.Error):
                 await self._presence_sub.unsubscribe()
             self._presence_sub = None
-        await cancel_and_wait(list(self._closers))
+        await cancel_and_wait(list(self._background))
 
     async def open(self, conn: EdgeConnection) -> None:
         """Make `conn` the agent's live socket here and everywhere, then announce it."""
@@ -75,6 +75,24 @@ class Gateway:
         conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
         if conn.saw_newer(0):
             await conn.close(REPLACED, "replaced by a newer connection")
+
+    def finish(self, conn: EdgeConnection, pusher: asyncio.Task[None] | None) -> asyncio.Task[None]:
+        """Clean up after a socket's handler, in a task this gateway owns."""
+        task = asyncio.create_task(self._finish(conn, pusher))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _finish(self, conn: EdgeConnection, pusher: asyncio.Task[None] | None) -> None:
+        if pusher is not None:
+            await cancel_and_wait([pusher])
+        code = int(conn.close_code or conn.ws.close_code or WSCloseCode.ABNORMAL_CLOSURE)
+        self.metrics.disconnects.labels(code=str(code)).inc()
+        log.info(
+            "edge agent disconnected",
+            extra={"edge_agent_id": conn.edge_agent_id, "connection_id": conn.connection_id, "code": code},
+        )
+        await self.close(conn)
 
     async def close(self, conn: EdgeConnection) -> None:
         """Forget `conn`; report the agent offline only if no newer socket took over."""
@@ -131,8 +149,8 @@ class Gateway:
     def close_soon(self, conn: EdgeConnection, code: int, reason: str) -> None:
         """Close without making the caller wait for the peer's close handshake."""
         task = asyncio.create_task(conn.close(code, reason))
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
         """Close every socket with 1012 so agents reconnect at once elsewhere; wait for cleanup."""

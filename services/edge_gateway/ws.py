@@ -10,7 +10,6 @@ from aiohttp.http_websocket import WSCloseCode
 
 from shared.errors import ErrorCode
 from shared.service import is_draining
-from shared.workers import cancel_and_wait
 
 from .connection import EdgeConnection
 from .handlers import handle_frame
@@ -67,19 +66,9 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
         log.exception("edge socket failed", extra={"edge_agent_id": conn.edge_agent_id})
         await conn.close(WSCloseCode.INTERNAL_ERROR, "internal error")
     finally:
-        if pusher is not None:
-            await cancel_and_wait([pusher])
-        code = conn.close_code or ws.close_code or WSCloseCode.ABNORMAL_CLOSURE
-        metrics.disconnects.labels(code=str(int(code))).inc()
-        log.info(
-            "edge agent disconnected",
-            extra={
-                "edge_agent_id": conn.edge_agent_id,
-                "connection_id": conn.connection_id,
-                "code": int(code),
-            },
-        )
-        await gateway.close(conn)
+        # aiohttp may cancel this handler once the peer is gone: the cleanup (presence release
+        # above all) runs in a task the gateway owns, so that cannot cut it short.
+        await asyncio.shield(gateway.finish(conn, pusher))
     return ws
 
 
