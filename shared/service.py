@@ -25,7 +25,8 @@ from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-DRAINING = web.AppKey("draining", asyncio.Event)
+DRAINING = web.AppKey("draining", asyncio.Event)  # set at SIGTERM: /readyz answers 503
+CLOSING = web.AppKey("closing", asyncio.Event)  # set SHUTDOWN_DELAY_S later: no new sockets
 NATS_CLIENT = web.AppKey("nats", NATS)
 METRICS = web.AppKey("metrics", ServiceMetrics)
 
@@ -33,6 +34,7 @@ METRICS = web.AppKey("metrics", ServiceMetrics)
 def add_health_routes(app: web.Application, nc: NATS, metrics: ServiceMetrics) -> None:
     """Install `/healthz`, `/readyz`, `/metrics` and the draining flag on `app`."""
     app[DRAINING] = asyncio.Event()
+    app[CLOSING] = asyncio.Event()
     app[NATS_CLIENT] = nc
     app[METRICS] = metrics
     app.router.add_get("/healthz", _healthz)
@@ -42,6 +44,11 @@ def add_health_routes(app: web.Application, nc: NATS, metrics: ServiceMetrics) -
 
 def is_draining(app: web.Application) -> bool:
     return app[DRAINING].is_set()
+
+
+def accepts_sockets(app: web.Application) -> bool:
+    """False once shutdown is past its delay: the load balancer has had time to look elsewhere."""
+    return not app[CLOSING].is_set()
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -87,6 +94,7 @@ async def serve(
     try:
         async with asyncio.timeout(settings.shutdown_grace_s):
             await asyncio.sleep(settings.shutdown_delay_s)
+            app[CLOSING].set()
             await drain()
             if nc.is_connected:
                 with contextlib.suppress(Exception):

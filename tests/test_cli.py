@@ -15,7 +15,7 @@ import pytest
 from shared.auth import verify_edge_token
 from shared.cli import main
 from shared.errors import IkiroError
-from shared.service import DRAINING
+from shared.service import CLOSING
 from shared.sim_agent import SimAgent
 from tests.edge.support import SECRET, RunningApp, Stack, edge_stack
 from tests.support import ROOT
@@ -64,7 +64,7 @@ async def test_sim_agent_can_fail_on_request(nats_url: str, agent_id: str) -> No
 
 async def test_sim_agent_falls_back_to_sync_when_its_socket_is_refused(nats_url: str, agent_id: str) -> None:
     async with edge_stack(nats_url) as stack:
-        stack.gateway.app[DRAINING].set()  # the upgrade is refused with 503; /edge/sync still answers
+        stack.gateway.app[CLOSING].set()  # the upgrade is refused with 503; /edge/sync still answers
         sub = await stack.client.submit(agent_id, "send_message_now", MSG)
         async with running(sim(stack.gateway, agent_id)) as seen:
             await stack.wait_state(str(sub.command_id), "completed")

@@ -9,7 +9,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_websocket import WSCloseCode
 
 from shared.errors import ErrorCode
-from shared.service import is_draining
+from shared.service import accepts_sockets
 
 from .connection import EdgeConnection
 from .handlers import handle_frame
@@ -27,7 +27,7 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     settings = gateway.settings
     metrics = gateway.metrics
-    if is_draining(request.app):
+    if not accepts_sockets(request.app):
         metrics.handshakes.labels(outcome="draining").inc()
         return error_response(503, ErrorCode.UNAVAILABLE, "gateway is shutting down, reconnect elsewhere")
     try:

@@ -25,7 +25,7 @@ from services.miniapp_gateway.presence import new_id
 from services.miniapp_gateway.ratelimit import AbuseCounter, TokenBucket
 from services.miniapp_gateway.sessions import LocalSession
 from shared.errors import ErrorCode
-from shared.service import is_draining
+from shared.service import accepts_sockets
 from shared.subjects import is_token
 from shared.supabase import TokenError
 from shared.workers import cancel_and_wait
@@ -52,7 +52,7 @@ GATEWAY = web.AppKey("miniapp_gateway", Gateway)
 
 
 async def handle_socket(request: web.Request) -> web.StreamResponse:
-    if is_draining(request.app) or GATEWAY not in request.app:
+    if not accepts_sockets(request.app) or GATEWAY not in request.app:
         body = {"error": {"code": ErrorCode.UNAVAILABLE, "message": "draining, reconnect elsewhere"}}
         return web.json_response(body, status=503)
     gateway = request.app[GATEWAY]

@@ -14,15 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from nats.aio.client import Client as NATS
 
-from services.command_dispatcher.app import DISPATCHER
 from services.command_dispatcher.app import create_app as create_dispatcher
 from services.command_dispatcher.config import DispatcherSettings
 from services.edge_gateway.app import create_app as create_gateway
 from services.edge_gateway.config import EdgeGatewaySettings
-from services.edge_gateway.keys import GATEWAY
 from shared.auth import generate_edge_token
 from shared.client import CommandClient
-from shared.service import DRAINING
 
 SECRET = "test-edge-secret"
 FAST_TIMERS = {"ack_timeout_s": 0.5, "max_ack_timeout_s": 2.0, "offline_recheck_s": 1.0, "failover_s": 3.0}
@@ -67,15 +64,6 @@ async def start_gateway(nats_url: str, **overrides: Any) -> RunningApp:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return RunningApp(app, nc, server)
-
-
-async def drain(running: RunningApp) -> None:
-    """What SIGTERM does, in-process: not ready, then the service's own drain."""
-    running.app[DRAINING].set()
-    if GATEWAY in running.app:
-        await running.app[GATEWAY].drain()
-    else:
-        await running.app[DISPATCHER].drain()
 
 
 def token(agent_id: str, secret: str = SECRET, now: float | None = None) -> str:

@@ -165,17 +165,23 @@ async def test_sigterm_turns_readyz_503_then_closes_sockets_with_1012(
     procs: Processes, client: CommandClient, agent_id: str
 ) -> None:
     await procs.start(DISPATCHER)
-    gateway = await procs.start(GATEWAY, SHUTDOWN_DELAY_S="1.5")
+    gateway = await procs.start(GATEWAY, SHUTDOWN_DELAY_S="3")
     agent = await connect_agent(procs.ws_url(gateway), agent_id)
+    late = None
     try:
         gateway.signal(signal.SIGTERM)
         await wait_until(lambda: _status_is(f"{gateway.base_url}/readyz", 503), timeout=5)
         assert await http_status(f"{gateway.base_url}/healthz") == 200
+        # Until SHUTDOWN_DELAY_S has passed the load balancer may still send sockets here.
+        late = await connect_agent(procs.ws_url(gateway), f"{agent_id}-late")
         assert not agent.closed.is_set()
         assert await agent.close_code() == 1012
+        assert await late.close_code() == 1012
         assert await asyncio.to_thread(gateway.wait, 30) == 0
     finally:
         await agent.close()
+        if late is not None:
+            await late.close()
 
 
 async def _status_is(url: str, status: int) -> bool:
