@@ -33,9 +33,14 @@ REQUEST_TIMEOUT_S = 5.0
 async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str) -> NATS:
     """Connect for the life of the process: reconnect forever, report health into `metrics`."""
 
+    client: list[NATS] = []  # the callbacks are made before the client they report on
+
     async def on_disconnected() -> None:
         metrics.nats_connected.set(0)
-        log.warning("nats disconnected")
+        if client and (client[0].is_closed or client[0].is_draining):
+            log.info("nats connection closed")
+        else:
+            log.warning("nats disconnected")
 
     async def on_reconnected() -> None:
         metrics.nats_connected.set(1)
@@ -57,6 +62,7 @@ async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str)
         reconnected_cb=on_reconnected,
         error_cb=on_error,
     )
+    client.append(nc)
     metrics.nats_connected.set(1)
     return nc
 
