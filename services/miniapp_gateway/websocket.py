@@ -67,8 +67,10 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
 
 async def _serve_socket(request: web.Request, gateway: Gateway) -> web.WebSocketResponse:
     settings, ctx, metrics = gateway.settings, gateway.ctx, gateway.ctx.metrics
+    # aiohttp refuses an uncompressed frame of exactly `max_msg_size` bytes, and the contract allows
+    # up to the limit; `_read_loop` refuses what is over it (a deflated frame's off-by-one included).
     ws = web.WebSocketResponse(
-        max_msg_size=settings.max_frame_bytes, heartbeat=settings.ws_heartbeat_s, timeout=2.0
+        max_msg_size=settings.max_frame_bytes + 1, heartbeat=settings.ws_heartbeat_s, timeout=2.0
     )
     await ws.prepare(request)
 
@@ -103,7 +105,7 @@ async def _serve_socket(request: web.Request, gateway: Gateway) -> web.WebSocket
     metrics.handshakes.labels(outcome="accepted").inc()
     conn.expire_at(claims.exp, ctx.verifier.leeway_s)
     try:
-        await _run(ctx, conn, session)
+        await _run(ctx, conn, session, settings.max_frame_bytes)
     finally:
         conn.stop_timers()
         await gateway.hub.leave(conn, session, replica_id)
@@ -111,10 +113,10 @@ async def _serve_socket(request: web.Request, gateway: Gateway) -> web.WebSocket
     return ws
 
 
-async def _run(ctx: Context, conn: Connection, session: LocalSession) -> None:
+async def _run(ctx: Context, conn: Connection, session: LocalSession, max_frame_bytes: int) -> None:
     """Read until the client leaves or a close is requested; then close with the right code."""
     writer = asyncio.create_task(conn.write_loop())
-    reader = asyncio.create_task(_read_loop(ctx, conn, session))
+    reader = asyncio.create_task(_read_loop(ctx, conn, session, max_frame_bytes))
     closing = asyncio.create_task(conn.closing.wait())
     tasks = {writer, reader, closing}
     try:
@@ -130,10 +132,14 @@ async def _run(ctx: Context, conn: Connection, session: LocalSession) -> None:
         await conn.close(WSCloseCode.OK, "")
 
 
-async def _read_loop(ctx: Context, conn: Connection, session: LocalSession) -> None:
+async def _read_loop(ctx: Context, conn: Connection, session: LocalSession, max_frame_bytes: int) -> None:
     async for msg in conn.ws:
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            await dispatch(ctx, conn, session, msg.data)
+            raw = msg.data.encode() if isinstance(msg.data, str) else msg.data
+            if len(raw) > max_frame_bytes:
+                conn.close_soon(WSCloseCode.MESSAGE_TOO_BIG, "frame too big")
+                return
+            await dispatch(ctx, conn, session, raw)
         elif msg.type is WSMsgType.ERROR:
             log.info("socket error: %s", conn.ws.exception(), extra={"connection_id": conn.connection_id})
 

@@ -243,11 +243,14 @@ class Browser:
 
 
 async def open_socket(
-    http: aiohttp.ClientSession, replica: Replica, session_id: str, token: str | None
+    http: aiohttp.ClientSession, replica: Replica, session_id: str, token: str | None, compress: int = 0
 ) -> Browser:
-    """Open a socket; the `connected` frame (or the close) is left for the caller."""
+    """Open a socket (`compress=15`: permessage-deflate, as browsers do); `connected` is left unread."""
     ws = await http.ws_connect(
-        replica.ws_url(session_id, token), autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+        replica.ws_url(session_id, token),
+        autoping=True,
+        compress=compress,
+        timeout=aiohttp.ClientWSTimeout(ws_close=5),
     )
     return Browser(ws)
 

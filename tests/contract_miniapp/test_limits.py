@@ -7,6 +7,7 @@ import asyncio
 
 import aiohttp
 import orjson
+import pytest
 from nats.aio.client import Client as NATS
 
 from tests.contract_miniapp.support import (
@@ -32,10 +33,12 @@ def frame_of_size(size: int) -> str:
     ).decode()
 
 
+@pytest.mark.parametrize("compress", [0, 15], ids=["plain", "deflate"])
 async def test_frame_of_exactly_64_kib_is_accepted(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, compress: int
 ) -> None:
-    browser, _ = await join(http, replicas[0], new_session())
+    browser = await open_socket(http, replicas[0], new_session(), make_token(new_user()), compress)
+    await browser.expect("connected")
     frame = frame_of_size(64 * KIB)
     assert len(frame.encode()) == 64 * KIB
     await browser.ws.send_str(frame)
@@ -43,11 +46,13 @@ async def test_frame_of_exactly_64_kib_is_accepted(
     await browser.close()
 
 
+@pytest.mark.parametrize("compress", [0, 15], ids=["plain", "deflate"])
 async def test_frame_over_64_kib_closes_1009(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, compress: int
 ) -> None:
     session = new_session()
-    browser, _ = await join(http, replicas[1], session)
+    browser = await open_socket(http, replicas[1], session, make_token(new_user()), compress)
+    await browser.expect("connected")
     other, _ = await join(http, replicas[0], session)
     await browser.ws.send_str(frame_of_size(64 * KIB + 1))
     code, _ = await browser.expect_close()
