@@ -105,7 +105,7 @@ def parse_inbound(raw: bytes | str) -> InboundFrame:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         kind = first["type"]
-        client_msg_id = _client_msg_id(raw)
+        client_msg_id = client_msg_id_of(raw)
         extra: dict[str, Any] = {"client_msg_id": client_msg_id} if client_msg_id else {}
         if kind == "json_invalid":
             raise FrameError("frame is not valid JSON", ErrorCode.INVALID_JSON) from None
@@ -115,8 +115,8 @@ def parse_inbound(raw: bytes | str) -> InboundFrame:
         raise FrameError(f"{where}: {first['msg']}", ErrorCode.INVALID_FRAME, **extra) from None
 
 
-def _client_msg_id(raw: bytes | str) -> str | None:
-    """The `client_msg_id` of a refused frame, so the error can name it."""
+def client_msg_id_of(raw: bytes | str) -> str | None:
+    """The `client_msg_id` of a refused frame (even an unparsed one), so the error can name it."""
     try:
         body = orjson.loads(raw)
         value = body["data"]["client_msg_id"]

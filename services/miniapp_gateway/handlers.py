@@ -28,6 +28,7 @@ from shared.miniapp_protocol import (
     StateUpdateFrame,
     TypingFrame,
     TypingNotice,
+    client_msg_id_of,
     encode,
     parse_inbound,
 )
@@ -56,21 +57,16 @@ async def handle_state_update(
 ) -> None:
     """Apply the patch as the next version; the sender's confirmation arrives with the fan-out."""
     data = frame.data
-    try:
-        await ctx.store.apply(
-            conn.session_id,
-            data.patch,
-            data.base_version,
-            Source.PEER,
-            user_id=conn.user_id,
-            connection_id=conn.connection_id,
-            client_msg_id=data.client_msg_id,
-            cached=session.cached(),
-        )
-    except IkiroError as err:
-        if data.client_msg_id is not None:
-            err.extra["client_msg_id"] = data.client_msg_id
-        conn.send_error(err)
+    await ctx.store.apply(
+        conn.session_id,
+        data.patch,
+        data.base_version,
+        Source.PEER,
+        user_id=conn.user_id,
+        connection_id=conn.connection_id,
+        client_msg_id=data.client_msg_id,
+        cached=session.cached(),
+    )
 
 
 async def handle_action(ctx: Context, conn: Connection, session: LocalSession, frame: ActionFrame) -> None:
@@ -122,7 +118,9 @@ async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: b
     """Handle one frame; anything unusable is answered with an `error` frame, never raised."""
     if not conn.admit_frame():
         ctx.metrics.frames_in.labels(type="rate_limited").inc()
-        conn.send_error(IkiroError("too many frames, slow down", ErrorCode.RATE_LIMITED))
+        limited_id = client_msg_id_of(raw)
+        extra = {"client_msg_id": limited_id} if limited_id else {}
+        conn.send_error(IkiroError("too many frames, slow down", ErrorCode.RATE_LIMITED, **extra))
         return
     try:
         frame = parse_inbound(raw)
@@ -131,14 +129,20 @@ async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: b
         conn.send_error(err)
         return
     ctx.metrics.frames_in.labels(type=frame.type).inc()
+    msg_id = getattr(frame.data, "client_msg_id", None)
     try:
         await HANDLERS[type(frame)](ctx, conn, session, frame)
     except IkiroError as err:
-        conn.send_error(err)
+        refused = err
     except nats.errors.Error as err:
         log.warning("frame %s failed on NATS: %s", frame.type, err)
-        conn.send_error(IkiroError("temporarily unavailable, try again", ErrorCode.UNAVAILABLE))
+        refused = IkiroError("temporarily unavailable, try again", ErrorCode.UNAVAILABLE)
     except Exception as err:
         log.exception("frame %s failed", frame.type, extra={"connection_id": conn.connection_id})
-        body = error_body(err)
-        conn.send_error(IkiroError(body["message"], ErrorCode.INTERNAL_ERROR))
+        refused = IkiroError(error_body(err)["message"], ErrorCode.INTERNAL_ERROR)
+    else:
+        return
+    # The contract names the refused frame's `client_msg_id` in every error about it.
+    if msg_id is not None:
+        refused.extra["client_msg_id"] = msg_id
+    conn.send_error(refused)
