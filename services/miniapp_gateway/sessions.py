@@ -305,7 +305,8 @@ class LocalSession:
             user_id=notice.user_id,
             connection_id=notice.connection_id,
         )
-        self.broadcast("action", encode("action", data), exclude=notice.connection_id)
+        # `payload` is a contract field even when null, which `encode` would leave out.
+        self.broadcast("action", encode("action", data.model_dump(mode="json")), exclude=notice.connection_id)
 
     async def _on_typing(self, msg: Msg) -> None:
         try:
