@@ -79,9 +79,13 @@ class StateStore:
         cached: tuple[SessionRecord, int] | None,
     ) -> SessionRecord:
         for _ in range(MAX_ATTEMPTS):
+            from_cache = cached is not None
             current, revision = cached if cached is not None else await self.load(session_id)
             cached = None
             if base_version is not None and base_version != current.version:
+                if from_cache:
+                    # This replica's view may lag the store: refuse only against a fresh read.
+                    continue
                 raise IkiroError(
                     f"base_version {base_version} is not the current version {current.version}",
                     ErrorCode.VERSION_CONFLICT,
