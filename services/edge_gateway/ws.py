@@ -37,7 +37,11 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
         log.info("edge handshake refused: %s", refused.message, extra={"status": refused.status})
         return refused.response()
 
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, timeout=CLOSE_TIMEOUT_S, autoping=True)
+    # aiohttp refuses a frame of exactly `max_msg_size` bytes; the contract allows up to the limit,
+    # so aiohttp gets one byte more and `read_frames` refuses what is over.
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_frame_bytes + 1, timeout=CLOSE_TIMEOUT_S, autoping=True
+    )
     await ws.prepare(request)
     metrics.handshakes.labels(outcome="accepted").inc()
     conn = EdgeConnection(
@@ -61,7 +65,7 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
     try:
         await gateway.open(conn)
         pusher = asyncio.create_task(gateway.push_pending(conn))
-        await read_frames(conn, gateway.upstream, settings.idle_timeout_s)
+        await read_frames(conn, gateway.upstream, settings.idle_timeout_s, settings.max_frame_bytes)
     except Exception:
         log.exception("edge socket failed", extra={"edge_agent_id": conn.edge_agent_id})
         await conn.close(WSCloseCode.INTERNAL_ERROR, "internal error")
@@ -72,7 +76,9 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def read_frames(conn: EdgeConnection, upstream: Upstream, idle_timeout_s: float) -> None:
+async def read_frames(
+    conn: EdgeConnection, upstream: Upstream, idle_timeout_s: float, max_frame_bytes: int
+) -> None:
     ws = conn.ws
     while not ws.closed:
         try:
@@ -81,6 +87,10 @@ async def read_frames(conn: EdgeConnection, upstream: Upstream, idle_timeout_s: 
             await conn.close(WSCloseCode.GOING_AWAY, "idle timeout")
             return
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            await handle_frame(conn, msg.data, upstream)
+            raw = msg.data.encode() if isinstance(msg.data, str) else msg.data
+            if len(raw) > max_frame_bytes:
+                await conn.close(WSCloseCode.MESSAGE_TOO_BIG, "frame too big")
+                return
+            await handle_frame(conn, raw, upstream)
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return

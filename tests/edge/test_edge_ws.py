@@ -131,9 +131,20 @@ async def test_too_many_unusable_frames_close_with_1008(stack: Stack, agent_id: 
     assert await agent.close_code() == 1008
 
 
+def _frame_of(size: int) -> str:
+    head = '{"type": "reboot", "data": {"blob": "'
+    return head + "x" * (size - len(head) - 3) + '"}}'
+
+
+async def test_frame_of_exactly_256_kib_is_read(stack: Stack, agent_id: str) -> None:
+    agent = await stack.agent(agent_id)
+    await agent.ws.send_str(_frame_of(256 * 1024))
+    assert (await agent.next("error"))["data"]["code"] == "unknown_type"
+
+
 async def test_frame_over_256_kib_closes_with_1009(stack: Stack, agent_id: str) -> None:
     agent = await stack.agent(agent_id)
-    await agent.ws.send_str(json.dumps({"type": "status", "data": {"blob": "x" * (256 * 1024)}}))
+    await agent.ws.send_str(_frame_of(256 * 1024 + 1))
     assert await agent.close_code() == 1009
 
 
