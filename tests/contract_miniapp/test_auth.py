@@ -55,6 +55,8 @@ async def test_bad_refresh_is_invalid_token_and_changes_nothing(
         make_token(user, exp_in=600, aud="elsewhere"),
         make_token(user, exp_in=-LEEWAY_S - 5),
         "garbage",
+        "",
+        "x" * (20 * 1024),
     ]
     for token in refusals:
         await browser.send("auth", {"token": token})

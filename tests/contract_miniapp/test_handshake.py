@@ -7,9 +7,12 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.contract_miniapp.support import (
+    AUDIENCE,
     Replica,
     join,
     make_token,
@@ -19,7 +22,16 @@ from tests.contract_miniapp.support import (
     unsigned_token,
 )
 
+
+def es256_token() -> str:
+    """A well-formed ES256 token; this gateway has no JWKS, so no key can verify it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = {"sub": new_user(), "aud": AUDIENCE, "exp": int(time.time()) + 600}
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+
+
 BAD_TOKENS: dict[str, Callable[[], str]] = {
+    "es256_without_jwks": es256_token,
     "alg_none": lambda: unsigned_token(new_user()),
     "unlisted_alg_hs512": lambda: make_token(new_user(), alg="HS512"),
     "wrong_audience": lambda: make_token(new_user(), aud="someone-else"),
@@ -140,3 +152,11 @@ async def test_longest_and_widest_session_ids_are_accepted(
         browser, connected = await join(http, replicas[0], session)
         assert connected["session_id"] == session
         await browser.close()
+
+
+async def test_token_whose_role_may_not_join_sessions_closes_4003_with_a_reason(
+    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+) -> None:
+    browser = await open_socket(http, replicas[0], new_session(), make_token(new_user(), role="anon"))
+    code, reason = await browser.expect_close()
+    assert code == 4003 and reason

@@ -3,6 +3,7 @@ reported `left` within 10 s; SIGTERM closes sockets with 1012 and the process ex
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
@@ -54,18 +55,28 @@ async def test_sigkilled_replica_connections_are_reported_left_within_10_s(
         await browser.close()
 
 
-async def test_sigterm_closes_sockets_with_1012_and_the_others_see_them_leave(
+async def test_sigterm_turns_readyz_503_at_once_then_closes_sockets_with_1012(
     replicas: tuple[Replica, Replica], start_replica: StartReplica, http: aiohttp.ClientSession
 ) -> None:
-    stopping = await start_replica()
+    stopping = await start_replica(SHUTDOWN_DELAY_S="1")
     session = new_session()
     survivor, _ = await join(http, replicas[0], session)
     first, one = await join(http, stopping, session)
     second, two = await join(http, stopping, session)
     stopping.signal(signal.SIGTERM)
+    signalled_at = time.monotonic()
+    async with asyncio.timeout(0.8):  # "at once", well inside the 1 s delay
+        while True:
+            async with http.get(stopping.base_url + "/readyz") as response:
+                if response.status == 503:
+                    break
+            await asyncio.sleep(0.02)
+    async with http.get(stopping.base_url + "/healthz") as response:
+        assert response.status == 200
     for browser in (first, second):
         code, _ = await browser.expect_close(timeout=10)
         assert code == 1012
+    assert time.monotonic() - signalled_at >= 1.0  # sockets were kept through SHUTDOWN_DELAY_S
     gone = set()
     for _ in range(2):
         gone.add((await survivor.expect("presence", event="left"))["connection_id"])
