@@ -1,9 +1,10 @@
 """Limits (DESIGN section 5): frame size (1009), state size (`state_too_large`), frame rate
-(`rate_limited`, then 1008), and the connection cap counted across replicas (4029)."""
+(`rate_limited`, then 1008), the connection cap counted across replicas (4029) and slow readers (1013)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import orjson
@@ -138,3 +139,29 @@ async def test_connection_cap_counts_every_replica_and_closes_4029(
     assert connected["connection_count"] == CAP
     for browser in [*admitted[1:], late]:
         await browser.close()
+
+
+async def test_client_too_slow_to_read_is_closed_1013_and_the_others_keep_up(
+    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, bus: NATS
+) -> None:
+    session = new_session()
+    slow, _ = await join(http, replicas[0], session)
+    reader, _ = await join(http, replicas[0], session)
+    updates = 200  # 60 KiB each: about 12 MiB, past any socket buffer plus the 1 MiB outbox
+    chunk = "z" * (60 * KIB)
+
+    async def keep_reading() -> list[dict[str, Any]]:
+        return await reader.collect("state_update", updates, timeout=20)
+
+    reading = asyncio.create_task(keep_reading())
+    for n in range(updates):
+        reply = await call(
+            bus, "miniapp.sessions.state_update", {"session_id": session, "patch": {"big": f"{n}{chunk}"}}
+        )
+        assert reply["ok"] is True
+    received = await reading
+    assert [u["version"] for u in received] == list(range(1, updates + 1))
+    code, _ = await slow.expect_close(timeout=10)  # reads what was buffered, then the close
+    assert code == 1013
+    assert len([f for f in slow.frames if f["type"] == "state_update"]) < updates
+    await reader.close()
