@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from shared.edge_protocol import AckStatus, AgentId, CommandAck, CommandData, CommandType, Priority
 from shared.errors import InvalidPayload, InvalidRequest
@@ -63,10 +63,17 @@ class SendMessageNow(_Payload):
     bubble_type: Literal["reflex", "burst", "normal"] | None = None
 
 
+def _iso_8601(value: Any) -> Any:
+    # pydantic would also take unix seconds; the contract says an ISO-8601 string.
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 date-time string")
+    return value
+
+
 class ScheduleMessage(_Payload):
     thread_id: str
     message_text: str
-    send_at: datetime
+    send_at: Annotated[datetime, BeforeValidator(_iso_8601)]
     is_group: bool | None = None
 
 
@@ -148,7 +155,7 @@ class SubmitRequest(BaseModel):
     payload: dict[str, Any]
     command_id: UUID | None = None
     priority: Priority = Priority.NORMAL
-    ttl_s: int | None = Field(default=None, ge=1, le=MAX_TTL_S)
+    ttl_s: StrictInt | None = Field(default=None, ge=1, le=MAX_TTL_S)
 
 
 class CommandIdRequest(BaseModel):

@@ -93,7 +93,7 @@ class PendingEvent(BaseModel):
     event_id: str = Field(min_length=1, max_length=256)
     event_type: str = Field(min_length=1, max_length=256)
     thread_id: str | None = None
-    details: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any]
 
 
 class SyncRequest(BaseModel):

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 import nats.errors
+import uvloop
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -124,12 +127,14 @@ def run_service(
         app = create_app(settings, nc)
         await serve(app, settings, lambda: drain(app))
 
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    uvloop.run(main())
+    # Everything is closed and drained by now. The interpreter's own teardown would take a
+    # noticeable moment in which /healthz and /readyz are refused; the contract wants them
+    # answered until the process exits, so exit at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def _connect_with_retry(settings: ServiceSettings, metrics: ServiceMetrics, name: str) -> NATS:

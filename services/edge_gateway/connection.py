@@ -82,7 +82,8 @@ class EdgeConnection:
             return False
         try:
             async with asyncio.timeout(self.send_timeout_s):
-                await self.ws.send_bytes(jsonutil.dumps(frame(type_, data)))
+                # Text frames: the envelope is JSON, and clients parse text messages as such.
+                await self.ws.send_str(jsonutil.dumps(frame(type_, data)).decode())
         except TimeoutError:
             # Closed from a task of its own: this one may be a NATS callback that must not wait.
             self.close_soon(self, WSCloseCode.TRY_AGAIN_LATER, "too slow to read")

@@ -37,32 +37,31 @@ def error_response(
     )
 
 
-def agent_id_of(request: web.Request, fallback: str | None = None) -> str:
-    """The agent id from the query and the `X-Edge-Agent-Id` header, which must agree."""
-    from_query = request.query.get("edge_agent_id")
-    from_header = request.headers.get("X-Edge-Agent-Id")
-    given = [v for v in (from_query, from_header) if v is not None] or (
-        [fallback] if fallback is not None else []
-    )
-    if not given:
-        raise HandshakeRefused(400, ErrorCode.INVALID_AGENT_ID, "edge_agent_id is required")
-    for value in given:
-        if not is_token(value):
-            raise HandshakeRefused(
-                400, ErrorCode.INVALID_AGENT_ID, "edge_agent_id must match ^[A-Za-z0-9_-]{1,128}$"
-            )
+def agent_id_of(request: web.Request, socket: bool) -> str:
+    """The agent id of the `X-Edge-Agent-Id` header, and for a socket also of the query: both agree."""
+    header = request.headers.get("X-Edge-Agent-Id")
+    query = request.query.get("edge_agent_id")
+    if header is None:
+        raise HandshakeRefused(400, ErrorCode.INVALID_AGENT_ID, "the X-Edge-Agent-Id header is required")
+    if socket and query is None:
+        raise HandshakeRefused(
+            400, ErrorCode.INVALID_AGENT_ID, "the edge_agent_id query parameter is required"
+        )
+    given = [v for v in (header, query) if v is not None]
+    if not all(is_token(v) for v in given):
+        raise HandshakeRefused(
+            400, ErrorCode.INVALID_AGENT_ID, "edge_agent_id must match ^[A-Za-z0-9_-]{1,128}$"
+        )
     if len(set(given)) > 1:
         raise HandshakeRefused(
             403, ErrorCode.FORBIDDEN, "edge_agent_id in query and X-Edge-Agent-Id disagree"
         )
-    return given[0]
+    return header
 
 
-def authenticate(
-    request: web.Request, settings: EdgeGatewaySettings, fallback_id: str | None = None
-) -> EdgeIdentity:
+def authenticate(request: web.Request, settings: EdgeGatewaySettings, socket: bool) -> EdgeIdentity:
     """Resolve and verify the caller, or raise `HandshakeRefused` with the contract's status."""
-    edge_agent_id = agent_id_of(request, fallback_id)
+    edge_agent_id = agent_id_of(request, socket)
     try:
         return verify_edge_token(
             bearer(request.headers.get("Authorization")),

@@ -69,7 +69,7 @@ async def _sync(request: web.Request) -> web.Response:
         body = None
         problem = describe(err)
     try:
-        identity = authenticate(request, gateway.settings, fallback_id=body.edge_agent_id if body else None)
+        identity = authenticate(request, gateway.settings, socket=False)
         if body is not None and body.edge_agent_id != identity.edge_agent_id:
             raise HandshakeRefused(403, ErrorCode.FORBIDDEN, "body edge_agent_id is another agent")
     except HandshakeRefused as refused:

@@ -31,7 +31,7 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
         metrics.handshakes.labels(outcome="draining").inc()
         return error_response(503, ErrorCode.UNAVAILABLE, "gateway is shutting down, reconnect elsewhere")
     try:
-        identity = authenticate(request, settings)
+        identity = authenticate(request, settings, socket=True)
     except HandshakeRefused as refused:
         metrics.handshakes.labels(outcome=refused.outcome).inc()
         log.info("edge handshake refused: %s", refused.message, extra={"status": refused.status})

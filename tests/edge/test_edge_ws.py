@@ -7,6 +7,7 @@ import json
 import socket
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -309,12 +310,25 @@ async def _upgrade_status(url: str, query: str, headers: dict[str, str]) -> tupl
         return r.status, await r.json()
 
 
-@pytest.mark.parametrize("bad_id", ["a.b", "*", ">", "a%20b", "", "x" * 129])
+@pytest.mark.parametrize("bad_id", ["a.b", "*", ">", "a b", "", "x" * 129])
 async def test_malformed_agent_id_is_400(stack: Stack, bad_id: str) -> None:
-    status, body = await _upgrade_status(
-        stack.gateway.url, f"?edge_agent_id={bad_id}", {"Authorization": f"Bearer {SECRET}"}
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Edge-Agent-Id": bad_id}
+    status, body = await _upgrade_status(stack.gateway.url, f"?edge_agent_id={quote(bad_id)}", headers)
+    assert (
+        status == 400 and body["error"]["code"] == "invalid_agent_id" and "match" in body["error"]["message"]
     )
-    assert status == 400 and body["error"]["code"] and body["error"]["message"]
+
+
+@pytest.mark.parametrize("missing", ["X-Edge-Agent-Id", "query"])
+async def test_upgrade_without_either_agent_id_is_400(stack: Stack, agent_id: str, missing: str) -> None:
+    headers = {"Authorization": f"Bearer {token(agent_id)}", "X-Edge-Agent-Id": agent_id}
+    query = f"?edge_agent_id={agent_id}"
+    if missing == "query":
+        query = ""
+    else:
+        del headers[missing]
+    status, body = await _upgrade_status(stack.gateway.url, query, headers)
+    assert status == 400 and body["error"]["code"] == "invalid_agent_id"
 
 
 @pytest.mark.parametrize(
