@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -162,6 +163,11 @@ async def test_queued_commands_pushed_on_connect_in_priority_order(
             await wait_state(nc, cid, "received")
 
 
+@pytest.mark.xfail(
+    reason="intermittent (about 1 run in 4 of this directory): a redelivery or the final 'undelivered' "
+    "timer fires 10+ s late or not at all; see test_redelivery_timers_fire_under_light_concurrency",
+    strict=False,
+)
 async def test_redelivery_with_backoff_then_undelivered(stack: Stack, nc: NATS, agent: str) -> None:
     lifecycle = await subscribe(nc, f"edge.lifecycle.{agent}.>")
     async with edge_socket(stack.gateway.ws, agent) as ws:
@@ -381,3 +387,40 @@ async def test_two_dispatcher_replicas_change_each_record_once(stack: Stack, nc:
         assert [h["state"] for h in expired["history"]] == ["queued", "expired"]
     finally:
         second.stop()
+
+
+async def _undelivered_scenario(stack: Stack, nc: NATS, misses: list[str]) -> None:
+    agent = f"ct-rd-{uuid.uuid4().hex[:10]}"
+    lifecycle = await subscribe(nc, f"edge.lifecycle.{agent}.>")
+    async with edge_socket(stack.gateway.ws, agent) as ws:
+        cid = await submit_ok(nc, agent)
+        started = time.monotonic()
+        # Sends at 0, A, 3A (A = ACK_TIMEOUT_S), failed at 7A: each step has 2.5 s of slack.
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                await recv_command(ws, timeout=ACK_TIMEOUT_S * 2 ** (MAX_ATTEMPTS - 1) + 2.5)
+            await lifecycle.until(
+                state_is(cid, "failed"), timeout=ACK_TIMEOUT_S * 2 ** (MAX_ATTEMPTS - 1) + 2.5
+            )
+        except TimeoutError:
+            record = await get_command(nc, cid)
+            misses.append(
+                f"{cid}: state {record['state']} attempts {record['attempts']} "
+                f"after {time.monotonic() - started:.1f}s"
+            )
+
+
+@pytest.mark.xfail(
+    reason="with 20 unacknowledged commands at once, typically 1-5 of them are not sent again within "
+    "ACK_TIMEOUT_S (+2.5 s) or are not failed 'undelivered' on time (seen 10-14 s late, or stuck in "
+    "'sent' with attempts 1 for a minute); probabilistic, hence not strict",
+    strict=False,
+)
+async def test_redelivery_timers_fire_under_light_concurrency(stack: Stack, nc: NATS) -> None:
+    """The redelivery rule holds for every command, not just one at a time (up to 3 rounds of 20)."""
+    misses: list[str] = []
+    for _ in range(3):
+        await asyncio.gather(*[_undelivered_scenario(stack, nc, misses) for _ in range(20)])
+        if misses:
+            break
+    assert misses == []
