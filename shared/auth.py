@@ -64,10 +64,11 @@ def verify_edge_token(
     allow_legacy: bool,
     now: float | None = None,
 ) -> EdgeIdentity:
-    """Check `token` for `edge_agent_id` against the current and previous secrets."""
+    """Check `token` for `edge_agent_id`: signed with any of `secrets` (current first), or, when
+    `allow_legacy`, the raw current secret itself (never a previous one)."""
     if not token:
         raise EdgeAuthError("missing bearer token")
-    if allow_legacy and any(hmac.compare_digest(token.encode(), s.encode()) for s in secrets):
+    if allow_legacy and hmac.compare_digest(token.encode(), secrets[0].encode()):
         return EdgeIdentity(edge_agent_id=edge_agent_id, user_phone=None, legacy=True)
     try:
         decoded = base64.b64decode(token.encode(), validate=True).decode()

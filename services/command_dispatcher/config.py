@@ -17,8 +17,10 @@ class DispatcherSettings(ServiceSettings):
     max_queued_per_agent: int = Field(default=1000, ge=1)
     # How often a queued command of an offline agent is looked at again (a missed connect).
     offline_recheck_s: float = Field(default=60.0, gt=0)
-    # A timer held by a replica that died is picked up by another after this long.
-    failover_s: float = Field(default=10.0, gt=0)
+    # The timer consumer's ack wait. A timer held by a replica that died is picked up by another
+    # after this long; and nats-server sometimes honours a `nak(delay)` only at its next ack-wait
+    # check, so this also bounds how late a timer can fire. Short keeps both tight.
+    failover_s: float = Field(default=1.0, gt=0)
     deliver_timeout_s: float = Field(default=5.0, gt=0)
 
     @property

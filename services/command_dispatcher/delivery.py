@@ -130,7 +130,11 @@ class Delivery:
                 return None
             return mark_sent(current, connection_id, at)
 
-        sent = await asyncio.gather(*(self.store.transition(r.command_id, change) for r in due))
-        out = [record.to_command_data() for record in sent if record is not None]
+        sent = [
+            r for r in await asyncio.gather(*(self.store.transition(r.command_id, change) for r in due)) if r
+        ]
+        # Their timers may sleep until an offline recheck: wake them to time the ack instead.
+        await asyncio.gather(*(self.store.arm_timer(record) for record in sent))
+        out = [record.to_command_data() for record in sent]
         self.metrics.deliveries.labels(result="pulled").inc(len(out))
         return out

@@ -146,11 +146,7 @@ async def test_missing_agent_id_query_is_refused(
     assert_error_body(body)
 
 
-@pytest.mark.xfail(
-    reason="the raw EDGE_SECRET_PREVIOUS is accepted as a legacy token; the contract names only the raw "
-    "EDGE_SECRET as legacy (previous secrets are for verifying HMAC signatures)",
-    strict=True,
-)
+# Was a deviation: the raw previous secret was taken as a legacy token.
 async def test_raw_previous_secret_is_not_a_legacy_token(
     stack: Stack, http: aiohttp.ClientSession, agent: str
 ) -> None:

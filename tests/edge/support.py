@@ -22,7 +22,7 @@ from shared.auth import generate_edge_token
 from shared.client import CommandClient
 
 SECRET = "test-edge-secret"
-FAST_TIMERS = {"ack_timeout_s": 0.5, "max_ack_timeout_s": 2.0, "offline_recheck_s": 1.0, "failover_s": 3.0}
+FAST_TIMERS = {"ack_timeout_s": 0.5, "max_ack_timeout_s": 2.0, "offline_recheck_s": 1.0}
 WAIT_S = 10.0
 
 

@@ -29,7 +29,6 @@ def env(nats_url: str, **extra: str) -> dict[str, str]:
         "NATS_URL": nats_url,
         "EDGE_SECRET": SECRET,
         "ACK_TIMEOUT_S": "1",
-        "FAILOVER_S": "3",
         "LOG_LEVEL": "WARNING",
         **extra,
     }

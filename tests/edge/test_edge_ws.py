@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +17,7 @@ from services.edge_gateway.app import METRICS
 from services.edge_gateway.keys import GATEWAY
 from shared import subjects
 from shared.errors import NotFound
+from shared.natsserver import NatsServer
 from tests.edge.support import SECRET, Stack, auth_headers, edge_stack, start_gateway, token
 from tests.support import wait_until
 
@@ -233,6 +235,36 @@ async def test_sent_command_goes_to_the_new_socket_at_once_after_reconnect(
     await first.close()
     second = await stack.agent(agent_id)
     assert (await second.command(timeout=1.0))["command_id"] == str(sub.command_id)
+
+
+async def test_command_pulled_on_connect_is_sent_again_after_the_ack_timeout(
+    tmp_path: Path, agent_id: str
+) -> None:
+    # Submitted while offline, its timer sleeps for the offline recheck (a minute); the pull on
+    # connect must wake it, or the redelivery would wait that long. A broker of its own, so the
+    # timer consumer's counts are this command's alone.
+    server = NatsServer(tmp_path)
+    server.start()
+    try:
+        async with edge_stack(server.url, offline_recheck_s=60.0) as stack:
+            await _pulled_command_is_sent_again(stack, agent_id)
+    finally:
+        server.stop()
+
+
+async def _pulled_command_is_sent_again(stack: Stack, agent_id: str) -> None:
+    sub = await stack.client.submit(agent_id, "send_message_now", MSG)
+    js = stack.nc.jetstream()
+
+    async def timer_asleep() -> bool:
+        info = await js.consumer_info(subjects.TIMERS_STREAM, subjects.TIMERS_CONSUMER)
+        return bool(info.num_pending == 0 and info.num_ack_pending == 1 and info.num_redelivered == 0)
+
+    await wait_until(timer_asleep, timeout=10)
+    agent = await stack.agent(agent_id)
+    first = await agent.command()
+    again = await agent.command(timeout=5)
+    assert first["command_id"] == again["command_id"] == str(sub.command_id)
 
 
 async def test_cancel_of_a_sent_command(stack: Stack, agent_id: str) -> None:

@@ -68,6 +68,11 @@ def test_tampered_timestamp_breaks_the_signature() -> None:
     assert refused.value.status == 401
 
 
+def test_raw_previous_secret_is_never_a_legacy_token() -> None:
+    with pytest.raises(EdgeAuthError):
+        verify("old", secrets=[SECRET, "old"], allow_legacy=True)
+
+
 def test_legacy_raw_secret_only_when_allowed() -> None:
     assert verify(SECRET, allow_legacy=True).legacy  # type: ignore[attr-defined]
     with pytest.raises(EdgeAuthError):
