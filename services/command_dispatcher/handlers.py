@@ -161,8 +161,7 @@ class Handlers:
         ]
         if last_seen is None and seen:
             last_seen = jsonutil.iso(max(seen))
-        if presence is None and status_rec is None and sync_rec is None and not active:
-            raise NotFound(f"no agent {agent}")
+        # No registry of agents exists: an id never seen is simply an agent that is offline.
         return {
             "edge_agent_id": agent,
             "online": online,

@@ -136,11 +136,11 @@ async def test_offline_command_expires_at_its_ttl(stack: Stack, agent_id: str) -
     assert (await stack.client.get(sub.command_id)).state == "expired"
 
 
-async def test_unknown_agent_is_not_found_and_known_offline_agent_is_described(
+async def test_agent_never_seen_is_offline_and_an_offline_agent_counts_its_queue(
     stack: Stack, agent_id: str
 ) -> None:
-    with pytest.raises(NotFound):
-        await stack.client.agent(agent_id)
+    unseen = await stack.client.agent(agent_id)
+    assert (unseen.online, unseen.queued, unseen.last_seen, unseen.last_status) == (False, 0, None, None)
     await stack.client.submit(agent_id, "send_message_now", MSG)
     info = await stack.client.agent(agent_id)
     assert (info.online, info.queued, info.connected_at) == (False, 1, None)

@@ -16,7 +16,6 @@ import pytest
 from services.edge_gateway.app import METRICS
 from services.edge_gateway.keys import GATEWAY
 from shared import subjects
-from shared.errors import NotFound
 from shared.natsserver import NatsServer
 from tests.edge.support import SECRET, Stack, auth_headers, edge_stack, start_gateway, token
 from tests.support import wait_until
@@ -179,10 +178,7 @@ async def test_status_over_16_kib_is_refused_and_not_kept(stack: Stack, agent_id
 
 
 async def _last_status(stack: Stack, agent_id: str, expected: dict[str, Any]) -> bool:
-    try:
-        return (await stack.client.agent(agent_id)).last_status == expected
-    except NotFound:  # the gateway has not written anything about the agent yet
-        return False
+    return (await stack.client.agent(agent_id)).last_status == expected
 
 
 async def test_acks_for_foreign_unknown_and_finished_commands_change_nothing(
@@ -464,7 +460,4 @@ def _small_receive_buffer(addr_info: Any) -> socket.socket:
 
 
 async def _online(stack: Stack, agent_id: str) -> bool:
-    try:
-        return (await stack.client.agent(agent_id)).online
-    except NotFound:
-        return False
+    return (await stack.client.agent(agent_id)).online
