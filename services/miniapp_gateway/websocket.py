@@ -56,13 +56,12 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
         body = {"error": {"code": ErrorCode.UNAVAILABLE, "message": "draining, reconnect elsewhere"}}
         return web.json_response(body, status=503)
     gateway = request.app[GATEWAY]
-    task = asyncio.current_task()
-    assert task is not None
+    # The socket runs in a task the gateway owns: aiohttp may cancel this handler once the peer is
+    # gone, and that must not cut short leaving the session (presence, counts).
+    task = asyncio.create_task(_serve_socket(request, gateway))
     gateway.tasks.add(task)
-    try:
-        return await _serve_socket(request, gateway)
-    finally:
-        gateway.tasks.discard(task)
+    task.add_done_callback(gateway.tasks.discard)
+    return await asyncio.shield(task)
 
 
 async def _serve_socket(request: web.Request, gateway: Gateway) -> web.WebSocketResponse:
