@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
+from shared import subjects
 from shared.auth import generate_edge_token
 from shared.client import CommandClient
 from shared.natsserver import NatsServer, free_port
@@ -154,7 +155,7 @@ async def bench_product(nats_url: str, args: argparse.Namespace) -> dict[str, fl
             if event["state"] == "completed" and (fut := done.pop(event["command_id"], None)):
                 fut.set_result(None)
 
-        await nc.subscribe("edge.lifecycle.>", cb=on_final)
+        await nc.subscribe(subjects.LIFECYCLE_ALL, cb=on_final)
         await agents_acking(agents, f"ws://127.0.0.1:{gateway.port}/edge/ws", ids, full_flow=True)
 
         async def send(i: int) -> None:

@@ -23,7 +23,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from shared.auth import DEV_EDGE_SECRET, generate_edge_token
-from shared.client import CommandClient
+from shared.client import CommandClient, Submitted
 from shared.commands import TERMINAL
 from shared.errors import IkiroError
 
@@ -49,17 +49,19 @@ async def cmd_token(args: argparse.Namespace) -> int:
 async def cmd_submit(args: argparse.Namespace) -> int:
     async with _nats(args.nats) as nc:
         client = CommandClient(nc)
+
+        async def submit() -> Submitted:
+            payload = json.loads(args.payload)
+            sub = await client.submit(args.agent, args.type, payload, priority=args.priority, ttl_s=args.ttl)
+            _print({"command_id": sub.command_id, "state": sub.state, "duplicate": sub.duplicate})
+            return sub
+
         if args.no_follow:
-            sub = await client.submit(
-                args.agent, args.type, json.loads(args.payload), priority=args.priority, ttl_s=args.ttl
-            )
-            _print({"command_id": sub.command_id, "state": sub.state, "duplicate": sub.duplicate})
+            await submit()
             return 0
+        # Subscribe first, so not even the first `queued` event can be missed.
         async with client.lifecycle(edge_agent_id=args.agent) as events:
-            sub = await client.submit(
-                args.agent, args.type, json.loads(args.payload), priority=args.priority, ttl_s=args.ttl
-            )
-            _print({"command_id": sub.command_id, "state": sub.state, "duplicate": sub.duplicate})
+            sub = await submit()
             async with asyncio.timeout(args.timeout):
                 async for event in events:
                     if event.command_id != sub.command_id:

@@ -112,7 +112,6 @@ MINIAPP_SESSIONS_BUCKET = "MINIAPP_SESSIONS"
 # Presence: replica leases "r.<replica_id>" (per-message TTL, renewed by heartbeats) and
 # connection entries "c.<replica_id>.<session_id>.<connection_id>", alive while their lease is.
 MINIAPP_PRESENCE_BUCKET = "MINIAPP_PRESENCE"
-MINIAPP_PRESENCE_STREAM = f"KV_{MINIAPP_PRESENCE_BUCKET}"
 MINIAPP_REAPER_CONSUMER = "miniapp_gateway_reaper"
 MINIAPP_LEASES = "r.*"
 

@@ -81,7 +81,9 @@ def test_legacy_raw_secret_only_when_allowed() -> None:
 
 def test_default_clock_is_now() -> None:
     verify_edge_token(generate_edge_token("a", "+1", SECRET), "a", [SECRET], 60, False)
-    assert time.time() > NOW - 10**9
+    stale = generate_edge_token("a", "+1", SECRET, now=time.time() - 120)
+    with pytest.raises(EdgeAuthError):
+        verify_edge_token(stale, "a", [SECRET], 60, False)
 
 
 @pytest.mark.parametrize(
