@@ -21,13 +21,13 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shared services tests benchmarks
-	$(VENV)/bin/ruff format --check shared services tests benchmarks
+	$(VENV)/bin/ruff check shared services devtools tests benchmarks
+	$(VENV)/bin/ruff format --check shared services devtools tests benchmarks
 	$(VENV)/bin/mypy
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff check --fix shared services tests benchmarks
-	$(VENV)/bin/ruff format shared services tests benchmarks
+	$(VENV)/bin/ruff check --fix shared services devtools tests benchmarks
+	$(VENV)/bin/ruff format shared services devtools tests benchmarks
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import aiohttp
 import nats
+from nats.aio.msg import Msg
 
-from shared import subjects
+from devtools.natsserver import NatsServer, free_port
 from shared.auth import generate_edge_token
 from shared.client import CommandClient
-from shared.natsserver import NatsServer, free_port
+from shared.protocol import subjects
 
 SECRET = "bench-secret"
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ class Proc:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.proc.args} not ready")
+        raise RuntimeError(f"{self.proc.args!r} not ready")
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -150,7 +151,7 @@ async def bench_product(nats_url: str, args: argparse.Namespace) -> dict[str, fl
         ids = [f"bench-{uuid.uuid4().hex[:8]}-{i}" for i in range(args.agents)]
         done: dict[str, asyncio.Future[None]] = {}
 
-        async def on_final(msg: nats.aio.msg.Msg) -> None:
+        async def on_final(msg: Msg) -> None:
             event = json.loads(msg.data)
             if event["state"] == "completed" and (fut := done.pop(event["command_id"], None)):
                 fut.set_result(None)

@@ -13,7 +13,7 @@ import hmac
 import time
 from dataclasses import dataclass
 
-from shared.errors import ErrorCode, IkiroError
+from shared.protocol.errors import ErrorCode, IkiroError
 
 FUTURE_SKEW_S = 300
 # Accepted only outside production, so `make run` works with nothing configured.

@@ -19,13 +19,14 @@ from uuid import UUID
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from shared import subjects
-from shared.broker import REQUEST_TIMEOUT_S, request
-from shared.commands import LIFECYCLE_EVENT, CommandRecord, LifecycleEvent
-from shared.edge_protocol import CommandType, Priority
-from shared.errors import InvalidRequest
+from shared.broker.connection import REQUEST_TIMEOUT_S, request
+from shared.protocol import subjects
+from shared.protocol.agents import AgentInfo
+from shared.protocol.commands import LIFECYCLE_EVENT, CommandRecord, LifecycleEvent
+from shared.protocol.edge import CommandType, Priority
+from shared.protocol.errors import InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +34,6 @@ class Submitted:
     command_id: UUID
     state: str
     duplicate: bool
-
-
-class AgentInfo(BaseModel):
-    edge_agent_id: str
-    online: bool
-    connected_at: str | None
-    last_seen: str | None
-    last_status: dict[str, Any] | None
-    last_command_id: str | None = None
-    queued: int
 
 
 class CommandClient:

@@ -19,7 +19,7 @@ import aiohttp
 import jwt
 import orjson
 
-from shared.errors import ErrorCode, IkiroError
+from shared.protocol.errors import ErrorCode, IkiroError
 
 log = logging.getLogger(__name__)
 

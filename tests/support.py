@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from shared.natsserver import NatsServer, free_port
+from devtools.natsserver import NatsServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

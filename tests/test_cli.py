@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from devtools.cli import main
+from devtools.sim_agent import SimAgent
 from shared.auth import verify_edge_token
-from shared.cli import main
-from shared.errors import IkiroError
-from shared.service import CLOSING
-from shared.sim_agent import SimAgent
+from shared.protocol.errors import IkiroError
+from shared.runtime.service import CLOSING
 from tests.edge.support import SECRET, RunningApp, Stack, edge_stack
 from tests.support import ROOT
 
@@ -85,7 +85,7 @@ async def test_submit_subcommand_follows_the_command_to_completed(nats_url: str,
     async with edge_stack(nats_url) as stack, running(sim(stack.gateway, agent_id)):
         await _wait_online(stack, agent_id)
         proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "shared.cli", "submit", "--nats", nats_url, "--agent", agent_id],
+            *[sys.executable, "-m", "devtools.cli", "submit", "--nats", nats_url, "--agent", agent_id],
             *["--type", "send_message_now", "--payload", json.dumps(MSG), "--timeout", "20"],
             cwd=ROOT,
             stdout=subprocess.PIPE,

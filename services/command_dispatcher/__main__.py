@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from shared.service import run_service
+from shared.runtime.service import run_service
 
-from .app import DISPATCHER, METRICS, create_app
+from .app import create_app
 from .config import DispatcherSettings
+from .metrics import DispatcherMetrics
 
 if __name__ == "__main__":
-    run_service(
-        "command_dispatcher",
-        DispatcherSettings,
-        METRICS,
-        create_app,
-        lambda app: app[DISPATCHER].drain(),
-    )
+    run_service("command_dispatcher", DispatcherSettings, DispatcherMetrics, create_app)

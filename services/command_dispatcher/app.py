@@ -1,12 +1,10 @@
-"""The command dispatcher's aiohttp app: health endpoints plus the NATS API and timers it owns."""
+"""The command dispatcher: its NATS API, timers and stored-ack consumer, as one service object."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncIterator
 
 import nats.errors
 from aiohttp import web
@@ -14,65 +12,59 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from shared import edge_jetstream, subjects
-from shared.broker import replier
-from shared.metrics import DispatcherMetrics
-from shared.service import add_health_routes
-from shared.workers import KeyedWorkers, cancel_and_wait
+from shared.broker.connection import serve_requests
+from shared.broker.streams import ensure_edge
+from shared.protocol import subjects
+from shared.runtime.service import new_task_owner, service_app
+from shared.runtime.tasks import KeyedWorkers
 
 from .config import DispatcherSettings
 from .delivery import Delivery
 from .handlers import Handlers
+from .metrics import DispatcherMetrics
 from .store import CommandStore
 from .timers import TimerWorker
 
 log = logging.getLogger(__name__)
 
-METRICS = DispatcherMetrics()
 REQUEST_CONCURRENCY = 256
 QUEUE_DEPTH_EVERY_S = 5.0
 
 
 class Dispatcher:
-    """Owns the dispatcher's subscriptions and background tasks, and stops them in order."""
-
-    def __init__(self, settings: DispatcherSettings, nc: NATS) -> None:
+    def __init__(self, settings: DispatcherSettings, nc: NATS, metrics: DispatcherMetrics) -> None:
         self.settings = settings
         self.nc = nc
+        self.metrics = metrics
+        self.tasks = new_task_owner(metrics)
         self.requests = KeyedWorkers(REQUEST_CONCURRENCY)
         self.subs: list[Subscription] = []
-        self.tasks: list[asyncio.Task[None]] = []
+        self.handlers: Handlers
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        edge = await edge_jetstream.ensure(js, self.settings.jetstream_replicas)
-        store = CommandStore(self.nc, js, edge, METRICS)
+        edge = await ensure_edge(js, self.settings.jetstream_replicas)
+        store = CommandStore(self.nc, edge.commands, self.metrics)
         timing = self.settings.timing
-        delivery = Delivery(self.nc, store, edge.agents, timing, METRICS, self.settings.deliver_timeout_s)
-        self.handlers = Handlers(store, delivery, edge.agents, METRICS, self.settings.max_queued_per_agent)
-        for subject, handler in self.handlers.routes().items():
-            self.subs.append(
-                await self.nc.subscribe(
-                    subject,
-                    queue=subjects.DISPATCHER_QUEUE_GROUP,
-                    cb=replier(handler, log, self.requests),
-                    pending_msgs_limit=10_000,
-                    pending_bytes_limit=64 * 1024 * 1024,
-                )
-            )
+        delivery = Delivery(
+            self.nc, store, edge.agents, timing, self.metrics, self.settings.deliver_timeout_s
+        )
+        self.handlers = Handlers(
+            store, delivery, edge.agents, self.metrics, self.settings.max_queued_per_agent
+        )
+        self.subs = await serve_requests(
+            self.nc, self.handlers.routes(), subjects.DISPATCHER_QUEUE_GROUP, self.requests, log
+        )
         timers = TimerWorker(
             js, store, delivery, timing, self.settings.failover_s, self.settings.offline_recheck_s
         )
-        self.tasks = [
-            asyncio.create_task(timers.run(), name="timers"),
-            asyncio.create_task(self._consume_stored_acks(), name="stored-acks"),
-            asyncio.create_task(self._report_queue_depth(), name="queue-depth"),
-        ]
+        self.tasks.keep("timers", timers.run)
+        self.tasks.keep("stored_acks", self._consume_stored_acks)
+        self.tasks.keep("queue_depth", self._report_queue_depth)
 
     async def _consume_stored_acks(self) -> None:
         """Acks a gateway could not hand over directly were stored in JetStream: apply them now."""
-        js = self.nc.jetstream()
-        sub = await js.pull_subscribe(
+        sub = await self.nc.jetstream().pull_subscribe(
             subjects.ACKS_ALL,
             durable=subjects.ACKS_CONSUMER,
             stream=subjects.ACKS_STREAM,
@@ -85,10 +77,6 @@ class Dispatcher:
                 try:
                     msgs = await sub.fetch(64, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.Error as err:
-                    log.warning("stored ack fetch failed: %s", err)
-                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
                     try:
@@ -104,9 +92,8 @@ class Dispatcher:
     async def _report_queue_depth(self) -> None:
         js = self.nc.jetstream()
         while True:
-            with contextlib.suppress(Exception):
-                info = await js.stream_info(subjects.TIMERS_STREAM)
-                METRICS.queue_depth.set(info.state.messages)
+            info = await js.stream_info(subjects.TIMERS_STREAM)
+            self.metrics.queue_depth.set(info.state.messages)
             await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
 
     async def drain(self) -> None:
@@ -116,27 +103,20 @@ class Dispatcher:
                 await sub.unsubscribe()
         self.subs.clear()
         await self.requests.join()
-        await self.stop_tasks()
+        await self.tasks.close()
 
-    async def stop_tasks(self) -> None:
-        await cancel_and_wait(self.tasks)
-        self.tasks.clear()
-
-
-async def _lifecycle(dispatcher: Dispatcher, app: web.Application) -> AsyncIterator[None]:
-    await dispatcher.start()
-    yield
-    await dispatcher.stop_tasks()
-    await dispatcher.requests.close()
+    async def stop(self) -> None:
+        await self.tasks.close()
+        await self.requests.close()
 
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
 
-def create_app(settings: DispatcherSettings, nc: NATS) -> web.Application:
-    app = web.Application()
-    add_health_routes(app, nc, METRICS)
-    dispatcher = Dispatcher(settings, nc)
+def create_app(
+    settings: DispatcherSettings, nc: NATS, metrics: DispatcherMetrics | None = None
+) -> web.Application:
+    dispatcher = Dispatcher(settings, nc, metrics or DispatcherMetrics())
+    app = service_app(dispatcher, nc, dispatcher.metrics)
     app[DISPATCHER] = dispatcher
-    app.cleanup_ctx.append(functools.partial(_lifecycle, dispatcher))
     return app

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.commands import Timing
-from shared.config import ServiceSettings
+from shared.runtime.config import ServiceSettings
+
+from .lifecycle import Timing
 
 
 class DispatcherSettings(ServiceSettings):

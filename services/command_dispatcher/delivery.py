@@ -7,27 +7,18 @@ import contextlib
 import logging
 from datetime import datetime
 
-import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.kv import KeyValue
 
-from shared import jsonutil, subjects
-from shared.agents import AgentPresence, DeliverRequest, read_presence
-from shared.broker import request
-from shared.commands import (
-    CommandRecord,
-    CommandState,
-    TimerAction,
-    Timing,
-    due_for_pull,
-    moved,
-    pull_order,
-    timer_action,
-)
-from shared.edge_protocol import CommandData
-from shared.errors import IkiroError, NoResponders
-from shared.metrics import DispatcherMetrics
+from shared.broker.connection import request
+from shared.broker.kv import Bucket, WrongRevision
+from shared.protocol import codec, subjects
+from shared.protocol.agents import PRESENCE, AgentPresence, DeliverRequest
+from shared.protocol.commands import CommandRecord, CommandState
+from shared.protocol.edge import CommandData
+from shared.protocol.errors import IkiroError, NoResponders
 
+from .lifecycle import TimerAction, Timing, due_for_pull, moved, pull_order, timer_action
+from .metrics import DispatcherMetrics
 from .store import CommandStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +35,7 @@ class Delivery:
         self,
         nc: NATS,
         store: CommandStore,
-        agents: KeyValue,
+        agents: Bucket,
         timing: Timing,
         metrics: DispatcherMetrics,
         deliver_timeout_s: float,
@@ -58,7 +49,7 @@ class Delivery:
 
     async def send(self, record: CommandRecord) -> bool:
         """Send (or send again) a due command over the agent's socket; False when it is offline."""
-        found = await read_presence(self.agents, record.edge_agent_id)
+        found = await self.agents.get(subjects.agent_key("presence", record.edge_agent_id), PRESENCE)
         if found is None or not found[0].online or found[0].connection_id is None:
             return False
         presence, revision = found
@@ -66,7 +57,7 @@ class Delivery:
         assert connection_id is not None
 
         def change(current: CommandRecord) -> CommandRecord | None:
-            now = jsonutil.utcnow()
+            now = codec.utcnow()
             action, _ = timer_action(current, now, self.timing)
             if action not in (TimerAction.DELIVER, TimerAction.REDELIVER):
                 return None
@@ -102,19 +93,19 @@ class Delivery:
 
     async def mark_offline(self, presence: AgentPresence, revision: int) -> None:
         """The socket the record names is gone (its gateway died): say so, unless a newer one exists."""
-        gone = presence.model_copy(update={"online": False, "disconnected_at": jsonutil.utcnow()})
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-            await self.agents.update(
+        gone = presence.model_copy(update={"online": False, "disconnected_at": codec.utcnow()})
+        with contextlib.suppress(WrongRevision):
+            await self.agents.write(
                 subjects.agent_key("presence", presence.edge_agent_id),
                 gone.model_dump_json().encode(),
-                last=revision,
+                revision,
             )
 
     async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[CommandData]:
         """Mark the agent's due commands sent to `connection_id` and return them in push order."""
         ids = await self.store.active_command_ids(edge_agent_id)
         found = await asyncio.gather(*(self.store.get(cid, fresh=False) for cid in ids))
-        now = jsonutil.utcnow()
+        now = codec.utcnow()
         due = sorted(
             (
                 got[0]
@@ -125,7 +116,7 @@ class Delivery:
         )
 
         def change(current: CommandRecord) -> CommandRecord | None:
-            at = jsonutil.utcnow()
+            at = codec.utcnow()
             if not due_for_pull(current, connection_id, via_socket, at, self.timing):
                 return None
             return mark_sent(current, connection_id, at)

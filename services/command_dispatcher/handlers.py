@@ -7,33 +7,28 @@ import logging
 import uuid
 from typing import Any
 
-from nats.js.kv import KeyValue
-
-from shared import jsonutil, subjects
-from shared.agents import STATUS, SYNC, DeliverRequest, read_presence
-from shared.broker import kv_get, request
-from shared.commands import (
+from shared.broker.connection import Handler, request
+from shared.broker.kv import Bucket
+from shared.protocol import codec, subjects
+from shared.protocol.agents import PRESENCE, STATUS, SYNC, AgentInfo, DeliverRequest
+from shared.protocol.commands import (
     ACK_REQUEST,
     AGENT_REQUEST,
-    CANCELLABLE,
     COMMAND_ID_REQUEST,
     PULL_REQUEST,
     SUBMIT_REQUEST,
     TERMINAL,
-    AckOutcome,
     CommandRecord,
     CommandState,
-    apply_ack,
-    moved,
-    new_record,
     parse_request,
     validate_payload,
 )
-from shared.edge_protocol import CommandType
-from shared.errors import Conflict, IkiroError, NoResponders, NotCancellable, NotFound, QueueFull
-from shared.metrics import DispatcherMetrics
+from shared.protocol.edge import CommandType
+from shared.protocol.errors import Conflict, IkiroError, NoResponders, NotCancellable, NotFound, QueueFull
 
 from .delivery import Delivery
+from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, moved, new_record, same_content
+from .metrics import DispatcherMetrics
 from .store import CommandStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +41,7 @@ class Handlers:
         self,
         store: CommandStore,
         delivery: Delivery,
-        agents: KeyValue,
+        agents: Bucket,
         metrics: DispatcherMetrics,
         max_queued_per_agent: int,
     ) -> None:
@@ -56,7 +51,7 @@ class Handlers:
         self.metrics = metrics
         self.max_queued_per_agent = max_queued_per_agent
 
-    def routes(self) -> dict[str, Any]:
+    def routes(self) -> dict[str, Handler]:
         return {
             subjects.COMMANDS_SUBMIT: self.handle_submit,
             subjects.COMMANDS_GET: self.handle_get,
@@ -83,7 +78,7 @@ class Handlers:
                 self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
                 raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
         else:
-            record = new_record(req, command_id, jsonutil.utcnow())
+            record = new_record(req, command_id, codec.utcnow())
             if await self.store.create(record):
                 self.metrics.submitted.labels(command_type=command_type, result="accepted").inc()
                 return {"command_id": str(command_id), "state": record.state, "duplicate": False}
@@ -91,7 +86,7 @@ class Handlers:
         if existing is None:  # created and then gone: only retention removes records
             raise NotFound(f"command {command_id} is no longer kept")
         current = existing[0]
-        if not current.same_content(req):
+        if not same_content(current, req):
             self.metrics.submitted.labels(command_type=command_type, result="conflict").inc()
             raise Conflict(f"command {command_id} was already submitted with other content")
         if current.state not in TERMINAL:
@@ -113,7 +108,7 @@ class Handlers:
         def change(current: CommandRecord) -> CommandRecord | None:
             if current.state not in CANCELLABLE:
                 raise NotCancellable(f"command is {current.state}")
-            return moved(current, CommandState.CANCELLED, jsonutil.utcnow())
+            return moved(current, CommandState.CANCELLED, codec.utcnow())
 
         record = await self.store.transition(req.command_id, change)
         if record is None:
@@ -124,9 +119,9 @@ class Handlers:
         req = parse_request(AGENT_REQUEST, data)
         agent = req.edge_agent_id
         presence_found, status, sync, active = await asyncio.gather(
-            read_presence(self.agents, agent),
-            kv_get(self.agents, subjects.agent_key("status", agent), STATUS),
-            kv_get(self.agents, subjects.agent_key("sync", agent), SYNC),
+            self.agents.get(subjects.agent_key("presence", agent), PRESENCE),
+            self.agents.get(subjects.agent_key("status", agent), STATUS),
+            self.agents.get(subjects.agent_key("sync", agent), SYNC),
             self.store.active_command_ids(agent),
         )
         presence = presence_found[0] if presence_found else None
@@ -160,19 +155,18 @@ class Handlers:
             if t is not None
         ]
         if last_seen is None and seen:
-            last_seen = jsonutil.iso(max(seen))
+            last_seen = codec.iso(max(seen))
         # No registry of agents exists: an id never seen is simply an agent that is offline.
-        return {
-            "edge_agent_id": agent,
-            "online": online,
-            "connected_at": jsonutil.iso(presence.connected_at)
-            if presence and presence.connected_at
-            else None,
-            "last_seen": last_seen,
-            "last_status": status_rec.status if status_rec else None,
-            "last_command_id": sync_rec.last_command_id if sync_rec else None,
-            "queued": len(active),
-        }
+        info = AgentInfo(
+            edge_agent_id=agent,
+            online=online,
+            connected_at=codec.iso(presence.connected_at) if presence and presence.connected_at else None,
+            last_seen=last_seen,
+            last_status=status_rec.status if status_rec else None,
+            last_command_id=sync_rec.last_command_id if sync_rec else None,
+            queued=len(active),
+        )
+        return info.model_dump(mode="json")
 
     async def handle_pull(self, data: bytes) -> dict[str, Any]:
         req = parse_request(PULL_REQUEST, data)
@@ -185,7 +179,7 @@ class Handlers:
 
         def change(current: CommandRecord) -> CommandRecord | None:
             nonlocal outcome
-            new, outcome = apply_ack(current, req.edge_agent_id, req.ack, jsonutil.utcnow())
+            new, outcome = apply_ack(current, req.edge_agent_id, req.ack, codec.utcnow())
             return new
 
         await self.store.transition(req.ack.command_id, change)
@@ -202,7 +196,7 @@ class Handlers:
 def _type_label(data: bytes) -> str:
     """A bounded label for a refused submission: the type when it is a known one."""
     try:
-        body = jsonutil.loads(data)
+        body = codec.loads(data)
         value = body.get("command_type") if isinstance(body, dict) else None
     except ValueError:
         value = None

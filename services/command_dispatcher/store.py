@@ -11,26 +11,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from uuid import UUID
 
-import nats.js.errors
+import nats.errors
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
-from shared import subjects
-from shared.broker import kv_get
-from shared.commands import (
-    RECORD,
-    TERMINAL,
-    CommandRecord,
-    CommandState,
-    lifecycle_event,
-)
-from shared.edge_jetstream import EdgeStore
-from shared.errors import IkiroError
-from shared.metrics import DispatcherMetrics
+from shared.broker.kv import Bucket, WrongRevision, compare_and_set
+from shared.protocol import subjects
+from shared.protocol.commands import RECORD, TERMINAL, CommandRecord, CommandState
+
+from .lifecycle import lifecycle_event
+from .metrics import DispatcherMetrics
 
 log = logging.getLogger(__name__)
 
-MAX_CAS_RETRIES = 20
 # Records this replica wrote or read last, so an ack or timer usually needs no read first.
 RECORD_CACHE_SIZE = 20_000
 
@@ -38,10 +30,10 @@ Change = Callable[[CommandRecord], CommandRecord | None]
 
 
 class CommandStore:
-    def __init__(self, nc: NATS, js: JetStreamContext, store: EdgeStore, metrics: DispatcherMetrics) -> None:
+    def __init__(self, nc: NATS, bucket: Bucket, metrics: DispatcherMetrics) -> None:
         self.nc = nc
-        self.js = js
-        self.kv = store.commands
+        self.js = bucket.js
+        self.bucket = bucket
         self.metrics = metrics
         self._cache: OrderedDict[str, tuple[CommandRecord, int]] = OrderedDict()
 
@@ -55,7 +47,7 @@ class CommandStore:
         if not fresh and (cached := self._cache.get(key)) is not None:
             self._cache.move_to_end(key)
             return cached
-        found = await kv_get(self.kv, key, RECORD)
+        found = await self.bucket.get(key, RECORD)
         return self._remember(*found) if found else None
 
     def _remember(self, record: CommandRecord, revision: int) -> tuple[CommandRecord, int]:
@@ -69,8 +61,8 @@ class CommandStore:
     async def create(self, record: CommandRecord) -> bool:
         """Store a new record durably; False when its id is taken already."""
         try:
-            revision = await self.kv.create(str(record.command_id), record.model_dump_json().encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
+            revision = await self.bucket.write(str(record.command_id), record.model_dump_json().encode(), 0)
+        except WrongRevision:
             return False
         self._remember(record, revision)
         await self.arm_timer(record)
@@ -82,26 +74,26 @@ class CommandStore:
         await self.js.publish(subjects.timer(record.edge_agent_id, str(record.command_id)), b"")
 
     async def transition(self, command_id: UUID | str, change: Change) -> CommandRecord | None:
-        """Apply `change` by compare-and-set, re-reading on a lost race; None when it changed nothing."""
-        fresh = False
-        for _ in range(MAX_CAS_RETRIES):
-            got = await self.get(command_id, fresh=fresh)
-            if got is None:
-                return None
-            record, revision = got
-            new = change(record)
-            if new is None:
-                return None
-            try:
-                written = await self.kv.update(str(command_id), new.model_dump_json().encode(), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                self.metrics.write_conflicts.inc()
-                fresh = True
-                continue
-            self._remember(new, written)
-            await self._changed(record, new)
-            return new
-        raise IkiroError("command record too contended, try again")
+        """Apply `change` by compare-and-set; None when there is no record or it changed nothing."""
+        key = str(command_id)
+
+        def decide(current: CommandRecord | None) -> CommandRecord | None:
+            return change(current) if current is not None else None
+
+        done = await compare_and_set(
+            self.bucket,
+            key,
+            RECORD,
+            decide,
+            cached=self._cache.get(key),
+            on_conflict=self.metrics.write_conflicts.inc,
+        )
+        if done is None:
+            return None
+        new, old, revision = done
+        self._remember(new, revision)
+        await self._changed(old, new)
+        return new
 
     async def active_command_ids(self, edge_agent_id: str) -> list[str]:
         """Ids of the agent's unfinished commands: those whose timer message still exists."""

@@ -18,11 +18,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from shared import jsonutil, subjects
-from shared.commands import CommandRecord, CommandState, TimerAction, Timing, moved, timer_action
-from shared.workers import KeyedWorkers
+from shared.protocol import codec, subjects
+from shared.protocol.commands import CommandRecord, CommandState
+from shared.runtime.tasks import KeyedWorkers
 
 from .delivery import Delivery
+from .lifecycle import TimerAction, Timing, moved, timer_action
 from .store import Change, CommandStore
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class TimerWorker:
                     await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    agent = msg.subject.split(".")[2]
+                    agent, _ = subjects.parse_timer(msg.subject)
                     await self.workers.submit(agent, functools.partial(self.fire, msg))
         finally:
             await self.workers.close()
@@ -95,14 +96,14 @@ class TimerWorker:
 
     async def fire(self, msg: Msg) -> None:
         """Act on one timer firing, then remove the timer (final) or schedule its next firing."""
-        command_id = msg.subject.rsplit(".", 1)[1]
+        _, command_id = subjects.parse_timer(msg.subject)
         for _ in range(4):
             got = await self.store.get(command_id, fresh=False)
             if got is None:
                 await msg.ack()  # the record is gone (retention): nothing left to time
                 return
             record = got[0]
-            now = jsonutil.utcnow()
+            now = codec.utcnow()
             action, until = timer_action(record, now, self.timing)
             if action is TimerAction.DONE:
                 await msg.ack()
@@ -122,7 +123,7 @@ class TimerWorker:
         state, error = _FINAL[action]
 
         def change(current: CommandRecord) -> CommandRecord | None:
-            now = jsonutil.utcnow()
+            now = codec.utcnow()
             if timer_action(current, now, self.timing)[0] is not action:
                 return None
             return moved(current, state, now, error=error)

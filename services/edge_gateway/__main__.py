@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from shared.service import run_service
+from shared.runtime.service import run_service
 
-from .app import METRICS, create_app
+from .app import create_app
 from .config import EdgeGatewaySettings
-from .keys import GATEWAY
+from .metrics import EdgeGatewayMetrics
 
 if __name__ == "__main__":
-    run_service("edge_gateway", EdgeGatewaySettings, METRICS, create_app, lambda app: app[GATEWAY].drain())
+    run_service("edge_gateway", EdgeGatewaySettings, EdgeGatewayMetrics, create_app)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar, Self
 
 from pydantic import Field, model_validator
 
 from shared.auth import DEV_EDGE_SECRET
-from shared.config import Environment, ServiceSettings
-from shared.edge_protocol import MAX_FRAME_BYTES
-
-log = logging.getLogger(__name__)
+from shared.protocol.edge import MAX_FRAME_BYTES
+from shared.runtime.config import Environment, ServiceSettings
 
 
 class EdgeGatewaySettings(ServiceSettings):
@@ -25,7 +22,11 @@ class EdgeGatewaySettings(ServiceSettings):
     idle_timeout_s: float = Field(default=90.0, gt=0)
     max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, gt=0)
     max_bad_frames_per_min: int = Field(default=20, ge=1)
+    # A frame the agent does not take within this long closes its socket (1013), as does a
+    # backlog over either bound.
     send_timeout_s: float = Field(default=10.0, gt=0)
+    outbox_max_frames: int = Field(default=1000, ge=1)
+    outbox_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     upstream_timeout_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 import nats.errors
-from aiohttp.http_websocket import WSCloseCode
+from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from shared import edge_jetstream, subjects
-from shared.agents import PRESENCE_EVENT
-from shared.errors import IkiroError
-from shared.metrics import EdgeGatewayMetrics
-from shared.workers import cancel_and_wait
+from shared.broker.streams import ensure_edge
+from shared.protocol import codec, subjects
+from shared.protocol.agents import PRESENCE_EVENT
+from shared.protocol.errors import CloseCode, IkiroError
+from shared.runtime.ratelimit import KeyedWindowLimiter
+from shared.runtime.service import new_task_owner
 
 from .config import EdgeGatewaySettings
-from .connection import REPLACED, EdgeConnection
+from .connection import EdgeConnection
+from .handlers import handle_frame
+from .metrics import EdgeGatewayMetrics
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -36,25 +40,68 @@ class Gateway:
         self.settings = settings
         self.nc = nc
         self.metrics = metrics
-        self.sockets: dict[str, EdgeConnection] = {}
+        self.tasks = new_task_owner(metrics)
+        self.sync_limiter = KeyedWindowLimiter(settings.sync_rate_per_min)
+        self.sockets: dict[str, EdgeConnection] = {}  # the live socket of each agent on this replica
         self.open_connections: set[EdgeConnection] = set()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self._presence_sub: Subscription | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self.upstream: Upstream
 
     async def start(self) -> None:
-        edge = await edge_jetstream.ensure(self.nc.jetstream(), self.settings.jetstream_replicas)
+        edge = await ensure_edge(self.nc.jetstream(), self.settings.jetstream_replicas)
         self.upstream = Upstream(self.nc, edge.agents, self.settings.upstream_timeout_s)
         self._presence_sub = await self.nc.subscribe(subjects.PRESENCE_ALL, cb=self._on_presence)
+
+    async def drain(self) -> None:
+        """Close every socket with 1012 so agents reconnect at once elsewhere; wait for cleanup."""
+        for conn in list(self.open_connections):
+            conn.close_soon(CloseCode.SERVICE_RESTART, "service restart")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.shutdown_grace_s / 2):
+                await self.all_closed.wait()
+        await self.stop()
 
     async def stop(self) -> None:
         if self._presence_sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._presence_sub.unsubscribe()
             self._presence_sub = None
-        await cancel_and_wait(list(self._background))
+        await self.tasks.close()
+
+    async def serve(self, conn: EdgeConnection) -> None:
+        """The life of one socket: claim the agent, push what waits, read until it closes, release."""
+        pusher: asyncio.Task[None] | None = None
+
+        async def read() -> None:
+            nonlocal pusher
+            await self.open(conn)
+            pusher = self.tasks.spawn(self.push_pending(conn), "push_pending")
+            await conn.read_frames(
+                functools.partial(handle_frame, conn, self.upstream),
+                self.settings.max_frame_bytes,
+                self.settings.idle_timeout_s,
+            )
+
+        try:
+            await conn.run(read)
+        except Exception:
+            log.exception("edge socket failed", extra={"edge_agent_id": conn.edge_agent_id})
+        finally:
+            if pusher is not None:
+                pusher.cancel()
+            code = conn.close_code
+            self.metrics.disconnects.labels(code=str(code)).inc()
+            log.info(
+                "edge agent disconnected",
+                extra={
+                    "edge_agent_id": conn.edge_agent_id,
+                    "connection_id": conn.connection_id,
+                    "code": code,
+                },
+            )
+            await self.close(conn)
 
     async def open(self, conn: EdgeConnection) -> None:
         """Make `conn` the agent's live socket here and everywhere, then announce it."""
@@ -64,7 +111,7 @@ class Gateway:
         self.all_closed.clear()
         self.metrics.sockets_open.set(len(self.open_connections))
         if older is not None:
-            self.close_soon(older, REPLACED, "replaced by a newer connection")
+            older.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
         # Subscribe before claiming: a dispatcher that sees the claim can deliver at once.
         conn.subscription = await self.nc.subscribe(
             subjects.deliver(conn.edge_agent_id),
@@ -74,25 +121,7 @@ class Gateway:
         )
         conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
         if conn.saw_newer(0):
-            await conn.close(REPLACED, "replaced by a newer connection")
-
-    def finish(self, conn: EdgeConnection, pusher: asyncio.Task[None] | None) -> asyncio.Task[None]:
-        """Clean up after a socket's handler, in a task this gateway owns."""
-        task = asyncio.create_task(self._finish(conn, pusher))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    async def _finish(self, conn: EdgeConnection, pusher: asyncio.Task[None] | None) -> None:
-        if pusher is not None:
-            await cancel_and_wait([pusher])
-        code = int(conn.close_code or conn.ws.close_code or WSCloseCode.ABNORMAL_CLOSURE)
-        self.metrics.disconnects.labels(code=str(code)).inc()
-        log.info(
-            "edge agent disconnected",
-            extra={"edge_agent_id": conn.edge_agent_id, "connection_id": conn.connection_id, "code": code},
-        )
-        await self.close(conn)
+            conn.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
 
     async def close(self, conn: EdgeConnection) -> None:
         """Forget `conn`; report the agent offline only if no newer socket took over."""
@@ -115,7 +144,7 @@ class Gateway:
     async def push_pending(self, conn: EdgeConnection) -> None:
         """Push the agent's waiting commands in priority order; retry while the dispatcher is away."""
         delay = 0.25
-        while not conn.closing and not conn.ws.closed:
+        while not conn.closing:
             try:
                 commands = await self.upstream.pull(conn.edge_agent_id, conn.connection_id, via_socket=True)
             except IkiroError as err:
@@ -128,7 +157,7 @@ class Gateway:
                 delay = min(delay * 2, PULL_RETRY_MAX_S)
                 continue
             for command in commands:
-                if not await conn.send("command", command.model_dump(mode="json")):
+                if not conn.send("command", codec.encode("command", command)):
                     return
             return
 
@@ -144,23 +173,7 @@ class Gateway:
         if conn is None or conn.connection_id == event.connection_id:
             return
         if conn.saw_newer(event.epoch):
-            self.close_soon(conn, REPLACED, "replaced by a newer connection")
+            conn.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
 
-    def close_soon(self, conn: EdgeConnection, code: int, reason: str) -> None:
-        """Close without making the caller wait for the peer's close handshake."""
-        task = asyncio.create_task(conn.close(code, reason))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
-    async def drain(self) -> None:
-        """Close every socket with 1012 so agents reconnect at once elsewhere; wait for cleanup."""
-        await asyncio.gather(
-            *(
-                conn.close(WSCloseCode.SERVICE_RESTART, "service restart")
-                for conn in list(self.open_connections)
-            )
-        )
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.shutdown_grace_s / 2):
-                await self.all_closed.wait()
-        await self.stop()
+GATEWAY = web.AppKey("edge_gateway", Gateway)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from shared.auth import EdgeAuthError, EdgeIdentity, bearer, verify_edge_token
-from shared.errors import ErrorCode
-from shared.subjects import is_token
+from shared.protocol.errors import ErrorCode
+from shared.protocol.subjects import is_token
 
 from .config import EdgeGatewaySettings
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 
@@ -11,38 +10,14 @@ import nats.errors
 from aiohttp import web
 from pydantic import ValidationError
 
-from shared import jsonutil
-from shared.commands import describe
-from shared.edge_protocol import MAX_STATUS_BYTES, MAX_SYNC_BODY_BYTES, SYNC_REQUEST, SyncResponse
-from shared.errors import ErrorCode, IkiroError
+from shared.protocol import codec
+from shared.protocol.edge import MAX_STATUS_BYTES, MAX_SYNC_BODY_BYTES, SYNC_REQUEST, SyncResponse
+from shared.protocol.errors import ErrorCode, IkiroError, describe
 
+from .gateway import GATEWAY
 from .handshake import HandshakeRefused, authenticate, error_response
-from .keys import GATEWAY, SYNC_LIMITER
 
 log = logging.getLogger(__name__)
-
-
-class SyncLimiter:
-    """Requests per agent per fixed one-minute window, in bounded memory (this replica's view)."""
-
-    def __init__(self, per_minute: int, max_agents: int = 100_000) -> None:
-        self.per_minute = per_minute
-        self.max_agents = max_agents
-        self.window = -1
-        self.counts: dict[str, int] = {}
-
-    def retry_after(self, edge_agent_id: str, now: float | None = None) -> int | None:
-        """Count a request; None when allowed, else the seconds until the next window."""
-        now = time.time() if now is None else now
-        window = int(now // 60)
-        if window != self.window:
-            self.window, self.counts = window, {}
-        count = self.counts.get(edge_agent_id, 0) + 1
-        if count > self.per_minute:
-            return max(1, math.ceil((window + 1) * 60 - now))
-        if len(self.counts) < self.max_agents or edge_agent_id in self.counts:
-            self.counts[edge_agent_id] = count
-        return None
 
 
 async def edge_sync(request: web.Request) -> web.Response:
@@ -75,14 +50,14 @@ async def _sync(request: web.Request) -> web.Response:
     except HandshakeRefused as refused:
         return refused.response()
     agent = identity.edge_agent_id
-    retry_after = request.app[SYNC_LIMITER].retry_after(agent)
+    retry_after = gateway.sync_limiter.retry_after(agent)
     if retry_after is not None:
         return error_response(
             429, ErrorCode.RATE_LIMITED, "too many sync requests", headers={"Retry-After": str(retry_after)}
         )
     if body is None:
         return error_response(422, ErrorCode.INVALID_REQUEST, problem)
-    if len(jsonutil.dumps(body.status)) > MAX_STATUS_BYTES:
+    if len(codec.dumps(body.status)) > MAX_STATUS_BYTES:
         return error_response(422, ErrorCode.TOO_LARGE, f"status is over {MAX_STATUS_BYTES} bytes")
 
     connection_id = f"sync-{uuid.uuid4().hex}"

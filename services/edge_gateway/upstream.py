@@ -6,29 +6,23 @@ it cannot be reached they are stored in JetStream for it to apply later, so none
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Literal
 
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.kv import KeyValue
 
-from shared import jsonutil, subjects
-from shared.agents import AgentPresence, AgentStatus, AgentSync, PresenceEvent, read_presence
-from shared.broker import request
-from shared.commands import AckRequest, PullRequest
-from shared.edge_protocol import CommandAck, CommandData, PendingEvent
-from shared.errors import Unavailable
-
-log = logging.getLogger(__name__)
-
-CAS_RETRIES = 20
+from shared.broker.connection import request
+from shared.broker.kv import Bucket, compare_and_set
+from shared.protocol import codec, subjects
+from shared.protocol.agents import PRESENCE, AgentPresence, AgentStatus, AgentSync, PresenceEvent
+from shared.protocol.commands import AckRequest, PullRequest
+from shared.protocol.edge import CommandAck, CommandData, PendingEvent
+from shared.protocol.errors import Unavailable
 
 
 class Upstream:
-    def __init__(self, nc: NATS, agents: KeyValue, timeout_s: float) -> None:
+    def __init__(self, nc: NATS, agents: Bucket, timeout_s: float) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.agents = agents
@@ -43,7 +37,7 @@ class Upstream:
         except Unavailable:
             try:
                 await self.js.publish(
-                    subjects.acked(edge_agent_id), jsonutil.dumps(body), timeout=self.timeout_s
+                    subjects.acked(edge_agent_id), codec.dumps(body), timeout=self.timeout_s
                 )
             except (nats.errors.Error, TimeoutError) as err:
                 raise Unavailable("ack could not be recorded, send it again") from err
@@ -54,66 +48,58 @@ class Upstream:
         return [CommandData.model_validate(c) for c in reply["commands"]]
 
     async def status(self, edge_agent_id: str, status: dict[str, Any]) -> None:
-        record = AgentStatus(status=status, at=jsonutil.utcnow())
-        await self.agents.put(subjects.agent_key("status", edge_agent_id), record.model_dump_json().encode())
-        event = {"edge_agent_id": edge_agent_id, "status": status, "at": jsonutil.iso(record.at)}
-        await self.nc.publish(subjects.status(edge_agent_id), jsonutil.dumps(event))
+        record = AgentStatus(status=status, at=codec.utcnow())
+        await self.agents.put(subjects.agent_key("status", edge_agent_id), codec.dumps(record))
+        event = {"edge_agent_id": edge_agent_id, "status": status, "at": codec.iso(record.at)}
+        await self.nc.publish(subjects.status(edge_agent_id), codec.dumps(event))
 
     async def events(self, edge_agent_id: str, events: list[PendingEvent]) -> list[str]:
-        at = jsonutil.now_iso()
+        at = codec.now_iso()
         for event in events:
             body = {"edge_agent_id": edge_agent_id, "event": event.model_dump(mode="json"), "at": at}
-            await self.nc.publish(subjects.events(edge_agent_id), jsonutil.dumps(body))
+            await self.nc.publish(subjects.events(edge_agent_id), codec.dumps(body))
         await self.nc.flush(timeout=math.ceil(self.timeout_s))
         return [event.event_id for event in events]
 
     async def synced(self, edge_agent_id: str, last_command_id: str | None) -> None:
-        record = AgentSync(last_command_id=last_command_id, at=jsonutil.utcnow())
-        await self.agents.put(subjects.agent_key("sync", edge_agent_id), record.model_dump_json().encode())
+        record = AgentSync(last_command_id=last_command_id, at=codec.utcnow())
+        await self.agents.put(subjects.agent_key("sync", edge_agent_id), codec.dumps(record))
 
     # --- presence, fenced by epoch ---
 
     async def claim(self, edge_agent_id: str, connection_id: str) -> int:
         """Make `connection_id` the agent's live socket; returns its epoch (higher = newer)."""
-        key = subjects.agent_key("presence", edge_agent_id)
-        for _ in range(CAS_RETRIES):
-            current, revision = await read_presence(self.agents, edge_agent_id) or (None, 0)
-            now = jsonutil.utcnow()
-            record = AgentPresence(
+
+        def claimed(current: AgentPresence | None) -> AgentPresence:
+            return AgentPresence(
                 edge_agent_id=edge_agent_id,
                 online=True,
                 connection_id=connection_id,
                 epoch=(current.epoch if current else 0) + 1,
-                connected_at=now,
+                connected_at=codec.utcnow(),
                 disconnected_at=current.disconnected_at if current else None,
             )
-            if await self._write(key, record, revision):
-                await self._announce(record, "connected", connection_id)
-                return record.epoch
-        raise Unavailable("presence record too contended")
+
+        done = await compare_and_set(
+            self.agents, subjects.agent_key("presence", edge_agent_id), PRESENCE, claimed
+        )
+        assert done is not None
+        await self._announce(done[0], "connected", connection_id)
+        return done[0].epoch
 
     async def release(self, edge_agent_id: str, connection_id: str) -> None:
         """Mark the agent offline, unless a newer socket has claimed it since (then say nothing)."""
-        key = subjects.agent_key("presence", edge_agent_id)
-        for _ in range(CAS_RETRIES):
-            current, revision = await read_presence(self.agents, edge_agent_id) or (None, 0)
-            if current is None or current.connection_id != connection_id or not current.online:
-                return
-            record = current.model_copy(update={"online": False, "disconnected_at": jsonutil.utcnow()})
-            if await self._write(key, record, revision):
-                await self._announce(record, "disconnected", connection_id)
-                return
 
-    async def _write(self, key: str, record: AgentPresence, revision: int) -> bool:
-        data = record.model_dump_json().encode()
-        try:
-            if revision:
-                await self.agents.update(key, data, last=revision)
-            else:
-                await self.agents.create(key, data)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
-        return True
+        def released(current: AgentPresence | None) -> AgentPresence | None:
+            if current is None or current.connection_id != connection_id or not current.online:
+                return None
+            return current.model_copy(update={"online": False, "disconnected_at": codec.utcnow()})
+
+        done = await compare_and_set(
+            self.agents, subjects.agent_key("presence", edge_agent_id), PRESENCE, released
+        )
+        if done is not None:
+            await self._announce(done[0], "disconnected", connection_id)
 
     async def _announce(
         self, record: AgentPresence, event: Literal["connected", "disconnected"], connection_id: str
@@ -123,6 +109,6 @@ class Upstream:
             event=event,
             connection_id=connection_id,
             epoch=record.epoch,
-            at=jsonutil.now_iso(),
+            at=codec.now_iso(),
         )
-        await self.nc.publish(subjects.presence(record.edge_agent_id), body.model_dump_json().encode())
+        await self.nc.publish(subjects.presence(record.edge_agent_id), codec.dumps(body))

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from services.miniapp_gateway.app import create_app, drain
-from services.miniapp_gateway.config import MiniAppSettings
-from shared.metrics import MiniAppGatewayMetrics
-from shared.service import run_service
+from shared.runtime.service import run_service
+
+from .app import create_app
+from .config import MiniAppSettings
+from .metrics import MiniAppGatewayMetrics
 
 if __name__ == "__main__":
-    metrics = MiniAppGatewayMetrics()
-    run_service(
-        "miniapp_gateway",
-        MiniAppSettings,
-        metrics,
-        lambda settings, nc: create_app(settings, nc, metrics),
-        drain,
-    )
+    run_service("miniapp_gateway", MiniAppSettings, MiniAppGatewayMetrics, create_app)

@@ -6,8 +6,8 @@ from typing import ClassVar, Self
 
 from pydantic import Field, model_validator
 
-from shared.config import ServiceSettings
-from shared.miniapp_protocol import MAX_CONNECTIONS_PER_SESSION, MAX_FRAME_BYTES, MAX_STATE_BYTES
+from shared.protocol.miniapp import MAX_CONNECTIONS_PER_SESSION, MAX_FRAME_BYTES, MAX_STATE_BYTES
+from shared.runtime.config import ServiceSettings
 
 
 class MiniAppSettings(ServiceSettings):
@@ -38,6 +38,8 @@ class MiniAppSettings(ServiceSettings):
     outbox_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Queued frames past which `typing` presence is no longer queued for a socket.
     outbox_typing_drop_frames: int = Field(default=100, ge=0)
+    # A frame the browser does not take within this long closes its socket (1013).
+    write_timeout_s: float = Field(default=10.0, gt=0)
 
     # Liveness: a replica renews its lease every heartbeat; a lease not renewed for
     # `presence_ttl_s` (whole seconds) expires and the replica's connections are reported `left`.

@@ -10,29 +10,29 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from services.miniapp_gateway.connection import Connection
-from services.miniapp_gateway.sessions import LocalSession
-from services.miniapp_gateway.state import StateStore
-from shared import jsonutil, subjects
-from shared.errors import ErrorCode, IkiroError, error_body
-from shared.metrics import MiniAppGatewayMetrics
-from shared.miniapp_protocol import (
+from shared.protocol import codec, subjects
+from shared.protocol.errors import ErrorCode, IkiroError, error_body
+from shared.protocol.miniapp import (
     ActionFrame,
     ActionNotice,
     AuthFrame,
     AuthOkData,
-    FrameError,
-    InboundFrame,
     PingFrame,
     Source,
     StateUpdateFrame,
     TypingFrame,
     TypingNotice,
     client_msg_id_of,
-    encode,
     parse_inbound,
 )
 from shared.supabase import SupabaseVerifier, TokenError
+
+from .connection import Connection
+from .metrics import MiniAppGatewayMetrics
+from .sessions import LocalSession
+from .state import StateStore
+
+PONG = codec.encode("pong", {})
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,10 @@ class Context:
     store: StateStore
     verifier: SupabaseVerifier
     metrics: MiniAppGatewayMetrics
-    leeway_s: float
 
 
 async def handle_ping(ctx: Context, conn: Connection, session: LocalSession, frame: PingFrame) -> None:
-    conn.send("pong", encode("pong", {}))
+    conn.send("pong", PONG)
 
 
 async def handle_state_update(
@@ -77,16 +76,16 @@ async def handle_action(ctx: Context, conn: Connection, session: LocalSession, f
         connection_id=conn.connection_id,
         action=frame.data.action,
         payload=frame.data.payload,
-        at=jsonutil.now_iso(),
+        at=codec.now_iso(),
     )
-    await ctx.nc.publish(subjects.miniapp_actions(conn.session_id), notice.model_dump_json().encode())
+    await ctx.nc.publish(subjects.miniapp_actions(conn.session_id), codec.dumps(notice))
 
 
 async def handle_typing(ctx: Context, conn: Connection, session: LocalSession, frame: TypingFrame) -> None:
     notice = TypingNotice(
         user_id=conn.user_id, connection_id=conn.connection_id, is_typing=frame.data.is_typing
     )
-    await ctx.nc.publish(subjects.miniapp_typing(conn.session_id), notice.model_dump_json().encode())
+    await ctx.nc.publish(subjects.miniapp_typing(conn.session_id), codec.dumps(notice))
 
 
 async def handle_auth(ctx: Context, conn: Connection, session: LocalSession, frame: AuthFrame) -> None:
@@ -99,18 +98,18 @@ async def handle_auth(ctx: Context, conn: Connection, session: LocalSession, fra
     if claims.sub != conn.user_id:
         conn.send_error(TokenError("token is for another user"))
         return
-    conn.expire_at(claims.exp, ctx.leeway_s)
-    conn.send("auth_ok", encode("auth_ok", AuthOkData(expires_at=claims.exp)))
+    conn.expire_at(claims.exp, ctx.verifier.leeway_s)
+    conn.send("auth_ok", codec.encode("auth_ok", AuthOkData(expires_at=claims.exp)))
 
 
 Handler = Callable[[Context, Connection, LocalSession, Any], Awaitable[None]]
 
-HANDLERS: dict[type[InboundFrame], Handler] = {
-    PingFrame: handle_ping,
-    StateUpdateFrame: handle_state_update,
-    ActionFrame: handle_action,
-    TypingFrame: handle_typing,
-    AuthFrame: handle_auth,
+HANDLERS: dict[str, Handler] = {
+    "ping": handle_ping,
+    "state_update": handle_state_update,
+    "action": handle_action,
+    "typing": handle_typing,
+    "auth": handle_auth,
 }
 
 
@@ -124,14 +123,14 @@ async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: b
         return
     try:
         frame = parse_inbound(raw)
-    except FrameError as err:
+    except IkiroError as err:
         ctx.metrics.frames_in.labels(type="invalid").inc()
         conn.send_error(err)
         return
     ctx.metrics.frames_in.labels(type=frame.type).inc()
     msg_id = getattr(frame.data, "client_msg_id", None)
     try:
-        await HANDLERS[type(frame)](ctx, conn, session, frame)
+        await HANDLERS[frame.type](ctx, conn, session, frame)
     except IkiroError as err:
         refused = err
     except nats.errors.Error as err:

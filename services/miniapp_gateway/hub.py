@@ -14,22 +14,19 @@ import contextlib
 import logging
 import weakref
 
-import nats.errors
-import nats.js.errors
-from aiohttp import WSCloseCode
 from nats.aio.client import Client as NATS
 
-from services.miniapp_gateway.connection import Connection
-from services.miniapp_gateway.presence import Presence
-from services.miniapp_gateway.sessions import LocalSession
-from services.miniapp_gateway.state import StateStore
-from shared.errors import IkiroError
-from shared.metrics import MiniAppGatewayMetrics
-from shared.miniapp_protocol import ConnectionRecord, ConnectionStatus, PresenceEvent
+from shared.protocol.errors import CloseCode, IkiroError
+from shared.protocol.miniapp import ConnectionRecord, ConnectionStatus, PresenceEvent
+from shared.runtime.tasks import TaskOwner
+
+from .connection import Connection
+from .metrics import MiniAppGatewayMetrics
+from .presence import NATS_ERRORS, Presence
+from .sessions import LocalSession
+from .state import StateStore
 
 log = logging.getLogger(__name__)
-
-NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
 
 class SessionFull(IkiroError):
@@ -43,15 +40,19 @@ class Hub:
         store: StateStore,
         presence: Presence,
         metrics: MiniAppGatewayMetrics,
+        owner: TaskOwner,
         max_connections: int,
     ) -> None:
         self.nc = nc
         self.store = store
         self.presence = presence
         self.metrics = metrics
+        self.owner = owner
         self.max_connections = max_connections
         self.sessions: dict[str, LocalSession] = {}
         self.connections: set[Connection] = set()
+        self.all_left = asyncio.Event()
+        self.all_left.set()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         presence.on_death.append(self._replica_died)
         presence.on_fenced = self._fenced
@@ -59,7 +60,7 @@ class Hub:
     async def join(self, conn: Connection) -> LocalSession:
         """Admit `conn` into its session and queue its `connected` frame, or raise `SessionFull`."""
         session = await self._acquire(conn.session_id)
-        replica_id = self.presence.replica_id
+        replica_id = conn.replica_id = self.presence.replica_id
         written = False
         try:
             revision = await self.presence.add(conn.session_id, conn.connection_id, conn.user_id)
@@ -84,20 +85,21 @@ class Hub:
             raise
         session.attach(conn)
         self.connections.add(conn)
+        self.all_left.clear()
         self.metrics.sockets_open.inc()
         await self.presence.publish(
             conn.session_id, PresenceEvent.JOINED, conn.user_id, conn.connection_id, session.count()
         )
         return session
 
-    async def leave(self, conn: Connection, session: LocalSession, replica_id: str) -> None:
+    async def leave(self, conn: Connection, session: LocalSession) -> None:
         """Remove an admitted socket: its entry goes, every replica reports it `left`."""
         session.detach(conn)
         self.connections.discard(conn)
         self.metrics.sockets_open.dec()
         try:
             with contextlib.suppress(*NATS_ERRORS):
-                await self.presence.remove(replica_id, conn.session_id, conn.connection_id)
+                await self.presence.remove(conn.replica_id, conn.session_id, conn.connection_id)
             count = sum(
                 1 for m in session.members.values() if m.active and m.connection_id != conn.connection_id
             )
@@ -106,6 +108,8 @@ class Hub:
             )
         finally:
             await self._release(session)
+            if not self.connections:
+                self.all_left.set()
 
     async def _acquire(self, session_id: str) -> LocalSession:
         lock = self._locks.get(session_id)
@@ -114,7 +118,9 @@ class Hub:
         async with lock:
             session = self.sessions.get(session_id)
             if session is None or session.closed:
-                session = LocalSession(session_id, self.nc, self.store, self.presence, self.metrics)
+                session = LocalSession(
+                    session_id, self.nc, self.store, self.presence, self.metrics, self.owner
+                )
                 try:
                     await session.start()
                 except BaseException:
@@ -140,7 +146,7 @@ class Hub:
             session.drop_replica(replica_id)
 
     async def _fenced(self) -> None:
-        self.close_all(WSCloseCode.SERVICE_RESTART, "gateway lost its lease, reconnect")
+        self.close_all(CloseCode.SERVICE_RESTART, "gateway lost its lease, reconnect")
 
     def close_all(self, code: int, reason: str) -> None:
         for conn in list(self.connections):

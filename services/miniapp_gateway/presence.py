@@ -28,29 +28,24 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from services.miniapp_gateway.kvstore import (
-    KV_OPERATION,
-    MARKER_REASON,
-    Bucket,
-    WrongRevision,
-    is_removal,
-    stop_watcher,
-)
-from shared import jsonutil, subjects
-from shared.metrics import MiniAppGatewayMetrics
-from shared.miniapp_protocol import (
+from shared.broker.kv import KV_OPERATION, MARKER_REASON, Bucket, WrongRevision, is_removal, stop_watcher
+from shared.protocol import codec, subjects
+from shared.protocol.miniapp import (
     CONNECTION_RECORD,
     ConnectionRecord,
     ConnectionStatus,
     PresenceEvent,
     PresenceNotice,
 )
+from shared.runtime.tasks import TaskOwner
+
+from .metrics import MiniAppGatewayMetrics
 
 log = logging.getLogger(__name__)
 
-STOP_TIMEOUT_S = 5.0
 DeathListener = Callable[[str], None]
 Fenced = Callable[[], Coroutine[Any, Any, None]]
+NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 
 
 def new_id() -> str:
@@ -62,26 +57,20 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def parse_connection_key(key: str) -> tuple[str, str, str] | None:
-    """`(replica_id, session_id, connection_id)` of a connection entry's key."""
-    parts = key.split(".")
-    if len(parts) != 4 or parts[0] != "c":
-        return None
-    return parts[1], parts[2], parts[3]
-
-
 class Presence:
     def __init__(
         self,
         nc: NATS,
         bucket: Bucket,
         metrics: MiniAppGatewayMetrics,
+        owner: TaskOwner,
         heartbeat_s: float,
         ttl_s: int,
     ) -> None:
         self.nc = nc
         self.bucket = bucket
         self.metrics = metrics
+        self.owner = owner
         self.heartbeat_s = heartbeat_s
         self.ttl_s = ttl_s
         self.replica_id = new_id()
@@ -90,42 +79,28 @@ class Presence:
         self.on_death: list[DeathListener] = []
         self.on_fenced: Fenced | None = None
         self._lease_rev = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._leases_synced = asyncio.Event()
-        self._stopped = False
 
     # --- lifecycle ---
 
     async def start(self) -> None:
         await self._take_lease()
-        self._spawn(self._watch_leases())
-        self._spawn(self._heartbeat())
-        self._spawn(self._reap_forever())
+        self.owner.keep("presence_lease_watch", self._watch_leases)
+        self.owner.keep("presence_heartbeat", self._heartbeat)
+        self.owner.keep("presence_reaper", self._reap_forever)
         async with asyncio.timeout(10):
             await self._leases_synced.wait()
 
-    async def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            # Bounded: nats-py's fetch may swallow a cancellation (its loop then sees `_stopped`).
-            await asyncio.wait(list(self._tasks), timeout=STOP_TIMEOUT_S)
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
+    async def release(self) -> None:
+        """Drop this replica's lease (its tasks are stopped by then): the others reap at once."""
+        with contextlib.suppress(*NATS_ERRORS):
             await self.bucket.delete(subjects.miniapp_lease_key(self.replica_id))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # --- this replica's lease ---
 
     async def _take_lease(self) -> None:
         key = subjects.miniapp_lease_key(self.replica_id)
-        body = jsonutil.dumps({"replica_id": self.replica_id, "at": jsonutil.now_iso()})
+        body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
         self._lease_rev = await self.bucket.write(key, body, 0, self.ttl_s)
         self.live.add(self.replica_id)
 
@@ -133,12 +108,12 @@ class Presence:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             key = subjects.miniapp_lease_key(self.replica_id)
-            body = jsonutil.dumps({"replica_id": self.replica_id, "at": jsonutil.now_iso()})
+            body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
             try:
                 self._lease_rev = await self.bucket.write(key, body, self._lease_rev, self.ttl_s)
             except WrongRevision:
                 await self._fenced()
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+            except NATS_ERRORS as err:
                 log.warning("lease renewal failed: %s", err)
 
     async def _fenced(self) -> None:
@@ -157,7 +132,7 @@ class Presence:
                 if entry is None:
                     self._leases_synced.set()
                     continue
-                replica_id = entry.key.removeprefix("r.")
+                replica_id = subjects.parse_lease_key(entry.key)
                 if is_removal(entry.operation):
                     self._mark_dead(replica_id)
                 elif replica_id not in self.dead:
@@ -181,12 +156,12 @@ class Presence:
         if replica_id in self.live or replica_id in self.dead:
             return
         self.live.add(replica_id)  # presumed alive until the lease read says otherwise
-        self._spawn(self._check(replica_id))
+        self.owner.spawn(self._check(replica_id), "presence_check_replica")
 
     async def _check(self, replica_id: str) -> None:
         try:
-            read = await self.bucket.read(subjects.miniapp_lease_key(replica_id), direct=False)
-        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            read = await self.bucket.read(subjects.miniapp_lease_key(replica_id), fresh=True)
+        except NATS_ERRORS:
             self.live.discard(replica_id)  # ask again on its next entry
             return
         if read.value is None:
@@ -205,12 +180,12 @@ class Presence:
             status=ConnectionStatus.PENDING,
         )
         key = subjects.miniapp_connection_key(self.replica_id, session_id, connection_id)
-        return await self.bucket.write(key, record.model_dump_json().encode(), 0)
+        return await self.bucket.write(key, codec.dumps(record), 0)
 
     async def activate(self, record: ConnectionRecord, revision: int) -> int:
         active = record.model_copy(update={"status": ConnectionStatus.ACTIVE, "created_rev": revision})
         key = subjects.miniapp_connection_key(record.replica_id, record.session_id, record.connection_id)
-        return await self.bucket.write(key, active.model_dump_json().encode(), revision)
+        return await self.bucket.write(key, codec.dumps(active), revision)
 
     async def remove(self, replica_id: str, session_id: str, connection_id: str) -> None:
         await self.bucket.delete(subjects.miniapp_connection_key(replica_id, session_id, connection_id))
@@ -224,10 +199,10 @@ class Presence:
             user_id=user_id,
             connection_id=connection_id,
             connection_count=count,
-            at=jsonutil.now_iso(),
+            at=codec.now_iso(),
         )
         with contextlib.suppress(nats.errors.Error):
-            await self.nc.publish(subjects.miniapp_presence(session_id), notice.model_dump_json().encode())
+            await self.nc.publish(subjects.miniapp_presence(session_id), codec.dumps(notice))
 
     async def scan_session(self, session_id: str) -> list[ConnectionRecord]:
         """The admitted connections of a session on live replicas, read from the bucket."""
@@ -253,12 +228,12 @@ class Presence:
             config=config,
         )
         try:
-            while not self._stopped:
+            while True:
                 try:
                     msgs = await sub.fetch(batch=16, timeout=max(self.heartbeat_s, 1.0))
                 except (nats.errors.TimeoutError, TimeoutError):
                     # nats-py's fetch can turn our own cancellation into a timeout.
-                    if self._stopped or _cancelling():
+                    if _cancelling():
                         raise asyncio.CancelledError from None
                     continue
                 except nats.errors.Error as err:
@@ -268,11 +243,11 @@ class Presence:
                 for msg in msgs:
                     headers = msg.headers or {}
                     if is_removal(headers.get(KV_OPERATION)) or MARKER_REASON in headers:
-                        replica_id = msg.subject.rsplit(".", 1)[-1]
+                        replica_id = subjects.parse_lease_key(msg.subject)
                         self._mark_dead(replica_id)
                         try:
                             await self.reap(replica_id)
-                        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as err:
+                        except NATS_ERRORS as err:
                             log.warning("reaping %s failed, will retry: %s", replica_id, err)
                             await msg.nak(delay=self.heartbeat_s)
                             continue

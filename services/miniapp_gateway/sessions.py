@@ -11,24 +11,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-from aiohttp import WSCloseCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from services.miniapp_gateway.connection import Connection
-from services.miniapp_gateway.kvstore import is_removal, stop_watcher
-from services.miniapp_gateway.presence import Presence, parse_connection_key
-from services.miniapp_gateway.state import StateStore
-from shared import subjects
-from shared.metrics import MiniAppGatewayMetrics
-from shared.miniapp_protocol import (
+from shared.broker.kv import is_removal, stop_watcher
+from shared.protocol import codec, subjects
+from shared.protocol.errors import CloseCode
+from shared.protocol.miniapp import (
     ACTION_NOTICE,
     CONNECTION_RECORD,
     SESSION_RECORD,
@@ -42,8 +38,13 @@ from shared.miniapp_protocol import (
     SessionRecord,
     Source,
     StateUpdateData,
-    encode,
 )
+from shared.runtime.tasks import TaskOwner, cancel_and_wait
+
+from .connection import TYPING, Connection
+from .metrics import MiniAppGatewayMetrics
+from .presence import Presence
+from .state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class LocalSession:
         store: StateStore,
         presence: Presence,
         metrics: MiniAppGatewayMetrics,
+        owner: TaskOwner,
     ) -> None:
         self.session_id = session_id
+        self.owner = owner
         self.nc = nc
         self.store = store
         self.presence = presence
@@ -84,7 +87,7 @@ class LocalSession:
         self._state_synced = asyncio.Event()
         self._presence_synced = asyncio.Event()
         self._seen = asyncio.Condition()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[Subscription] = []
         self.closed = False
 
@@ -97,9 +100,9 @@ class LocalSession:
         self._subs.append(
             await self.nc.subscribe(subjects.miniapp_typing(self.session_id), cb=self._on_typing)
         )
-        self._spawn(self._watch_state())
-        self._spawn(self._watch_presence())
-        self._spawn(self._keep_alive())
+        self._spawn(self._watch_state(), "session_state_watch")
+        self._spawn(self._watch_presence(), "session_presence_watch")
+        self._spawn(self._keep_alive(), "session_keep_alive")
         async with asyncio.timeout(SYNC_TIMEOUT_S):
             await self._state_synced.wait()
             await self._presence_synced.wait()
@@ -109,21 +112,16 @@ class LocalSession:
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=SYNC_TIMEOUT_S)
+        await cancel_and_wait(self._tasks, SYNC_TIMEOUT_S)
+        self._tasks.clear()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        # A session that lost its view of the store cannot serve its sockets any more.
+        self._tasks.append(self.owner.spawn(coro, name, on_failure=self._failed))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session task failed", exc_info=task.exception(), extra={"session_id": self.session_id})
-            self.close_all(WSCloseCode.INTERNAL_ERROR, "internal error")
+    def _failed(self, err: BaseException) -> None:
+        log.error("session task failed", extra={"session_id": self.session_id})
+        self.close_all(CloseCode.INTERNAL_ERROR, "internal error")
 
     # --- view of the session ---
 
@@ -156,7 +154,7 @@ class LocalSession:
             state=self.record.state,
             version=self.record.version,
         )
-        conn.send("connected", encode("connected", data))
+        conn.send("connected", codec.encode("connected", data))
 
     def detach(self, conn: Connection) -> None:
         self.connections.pop(conn.connection_id, None)
@@ -188,7 +186,7 @@ class LocalSession:
                         log.warning(
                             "session state vanished under live sockets", extra={"session_id": self.session_id}
                         )
-                        self.close_all(WSCloseCode.SERVICE_RESTART, "session reset")
+                        self.close_all(CloseCode.SERVICE_RESTART, "session reset")
                     self.record = SessionRecord()
                     continue
                 self._apply_record(SESSION_RECORD.validate_json(entry.value or b"{}"))
@@ -205,7 +203,7 @@ class LocalSession:
         if record.version != current + 1 or record.patch is None:
             # More versions went by than the bucket keeps: sockets could not be told in order.
             log.warning("session watcher fell behind", extra={"session_id": self.session_id})
-            self.close_all(WSCloseCode.TRY_AGAIN_LATER, "fell behind, reconnect")
+            self.close_all(CloseCode.TRY_AGAIN_LATER, "fell behind, reconnect")
             return
         peer = record.source is Source.PEER
         data = StateUpdateData(
@@ -216,7 +214,7 @@ class LocalSession:
             connection_id=record.connection_id if peer else None,
             client_msg_id=record.client_msg_id,
         )
-        self.broadcast("state_update", encode("state_update", data))
+        self.broadcast("state_update", codec.encode("state_update", data))
         self.metrics.fanout.observe(max(0.0, time.time() - record.at))
 
     async def _keep_alive(self) -> None:
@@ -247,7 +245,7 @@ class LocalSession:
             await stop_watcher(watcher)
 
     def _apply_entry(self, key: str, operation: str | None, value: bytes | None, revision: int) -> None:
-        parsed = parse_connection_key(key)
+        parsed = subjects.parse_connection_key(key)
         if parsed is None:
             return
         replica_id, _, connection_id = parsed
@@ -290,7 +288,7 @@ class LocalSession:
             connection_id=member.connection_id,
             connection_count=self.count(),
         )
-        self.broadcast("presence", encode("presence", data), exclude=member.connection_id)
+        self.broadcast("presence", codec.encode("presence", data), exclude=member.connection_id)
 
     # --- relays ---
 
@@ -306,7 +304,8 @@ class LocalSession:
             connection_id=notice.connection_id,
         )
         # `payload` is a contract field even when null, which `encode` would leave out.
-        self.broadcast("action", encode("action", data.model_dump(mode="json")), exclude=notice.connection_id)
+        frame = codec.encode("action", data.model_dump(mode="json"))
+        self.broadcast("action", frame, exclude=notice.connection_id)
 
     async def _on_typing(self, msg: Msg) -> None:
         try:
@@ -320,7 +319,4 @@ class LocalSession:
             connection_count=self.count(),
             is_typing=notice.is_typing,
         )
-        self.broadcast("typing", encode("presence", data), exclude=notice.connection_id)
-
-
-SessionFactory = Callable[[str], LocalSession]
+        self.broadcast(TYPING, codec.encode("presence", data), exclude=notice.connection_id)

@@ -15,13 +15,13 @@ from typing import Any
 
 import orjson
 
-from services.miniapp_gateway.kvstore import Bucket, WrongRevision
-from services.miniapp_gateway.mergepatch import merge_patch
-from shared.errors import ErrorCode, IkiroError, Unavailable
-from shared.metrics import MiniAppGatewayMetrics
-from shared.miniapp_protocol import SESSION_RECORD, SessionRecord, Source
+from shared.broker.kv import Bucket, WrongRevision, compare_and_set
+from shared.protocol import codec
+from shared.protocol.errors import ErrorCode, IkiroError
+from shared.protocol.miniapp import SESSION_RECORD, SessionRecord, Source
 
-MAX_ATTEMPTS = 64
+from .mergepatch import merge_patch
+from .metrics import MiniAppGatewayMetrics
 
 
 class StateStore:
@@ -36,10 +36,8 @@ class StateStore:
 
     async def load(self, session_id: str) -> tuple[SessionRecord, int]:
         """The session's record and revision; an empty version-0 record for a new session."""
-        read = await self.bucket.read(session_id)
-        if read.value is None:
-            return SessionRecord(), read.revision
-        return SESSION_RECORD.validate_json(read.value), read.revision
+        found = await self.bucket.get(session_id, SESSION_RECORD)
+        return found or (SessionRecord(), 0)
 
     async def apply(
         self,
@@ -78,14 +76,9 @@ class StateStore:
         client_msg_id: str | None,
         cached: tuple[SessionRecord, int] | None,
     ) -> SessionRecord:
-        for _ in range(MAX_ATTEMPTS):
-            from_cache = cached is not None
-            current, revision = cached if cached is not None else await self.load(session_id)
-            cached = None
+        def next_version(current: SessionRecord | None) -> SessionRecord:
+            current = current or SessionRecord()
             if base_version is not None and base_version != current.version:
-                if from_cache:
-                    # This replica's view may lag the store: refuse only against a fresh read.
-                    continue
                 raise IkiroError(
                     f"base_version {base_version} is not the current version {current.version}",
                     ErrorCode.VERSION_CONFLICT,
@@ -98,7 +91,7 @@ class StateStore:
                     f"state would be {size} bytes, over the {self.max_state_bytes} byte limit",
                     ErrorCode.STATE_TOO_LARGE,
                 )
-            record = SessionRecord(
+            return SessionRecord(
                 state=state,
                 version=current.version + 1,
                 patch=patch,
@@ -108,19 +101,22 @@ class StateStore:
                 client_msg_id=client_msg_id,
                 at=time.time(),
             )
-            try:
-                await self.bucket.write(
-                    session_id, record.model_dump_json().encode(), revision, self.idle_ttl_s
-                )
-            except WrongRevision:
-                self.metrics.write_conflicts.inc()
-                continue
-            return record
-        raise Unavailable("session is too contended, try again")
+
+        done = await compare_and_set(
+            self.bucket,
+            session_id,
+            SESSION_RECORD,
+            next_version,
+            cached=cached,
+            ttl_s=self.idle_ttl_s,
+            on_conflict=self.metrics.write_conflicts.inc,
+        )
+        assert done is not None
+        return done[0]
 
     async def touch(self, session_id: str, current: SessionRecord, revision: int) -> None:
         """Renew the idle TTL of a session that still has connections (same version, no patch)."""
         renewed = current.model_copy(update={"patch": None, "at": time.time()})
         # A concurrent write renewed it too, so losing the compare-and-set is fine.
         with contextlib.suppress(WrongRevision):
-            await self.bucket.write(session_id, renewed.model_dump_json().encode(), revision, self.idle_ttl_s)
+            await self.bucket.write(session_id, codec.dumps(renewed), revision, self.idle_ttl_s)

@@ -12,7 +12,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from shared.natsserver import NatsServer
+from devtools.natsserver import NatsServer
 from tests.contract_miniapp.support import Replica
 
 StartReplica = Callable[..., Awaitable[Replica]]

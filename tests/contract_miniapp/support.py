@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.natsserver import free_port
+from devtools.natsserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "contract-miniapp-secret-" + "0123456789abcdef" * 3  # long enough for HS512 too

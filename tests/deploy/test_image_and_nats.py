@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
-
+from shared.broker import streams
+from shared.protocol import subjects
 from tests.deploy.tools import K8S, ROOT, module, run, tool
 
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -75,9 +75,9 @@ def seconds(duration: str) -> float:
 
 
 def test_declared_edge_streams_and_buckets_match_what_the_services_create() -> None:
-    edge = pytest.importorskip("shared.edge_jetstream")
     specs = declared()
-    for config in (edge.timers_stream(3), edge.acks_stream(3)):
+    for config in streams.edge_streams(3):
+        assert config.name and config.retention and config.storage
         spec = specs[config.name]
         assert spec["subjects"] == config.subjects
         assert spec["retention"] == config.retention.value
@@ -86,8 +86,7 @@ def test_declared_edge_streams_and_buckets_match_what_the_services_create() -> N
         assert seconds(spec.get("maxAge", "0s")) == (config.max_age or 0)
         if config.discard is not None:
             assert spec.get("discard", "old") == config.discard.value
-    subjects = module("shared.subjects")
-    assert specs[subjects.COMMANDS_BUCKET]["ttl"] == "192h" and edge.RECORD_RETENTION_S == 192 * 3600
+    assert specs[subjects.COMMANDS_BUCKET]["ttl"] == "192h" and streams.RECORD_RETENTION_S == 192 * 3600
     assert "ttl" not in specs[subjects.AGENTS_BUCKET]
 
 
@@ -98,7 +97,6 @@ SERVICE_OWNED = {"MINIAPP_SESSIONS", "MINIAPP_PRESENCE"}
 
 
 def test_every_jetstream_object_of_the_project_is_declared() -> None:
-    subjects = module("shared.subjects")
     specs = declared()
     wanted = {
         value
@@ -106,7 +104,7 @@ def test_every_jetstream_object_of_the_project_is_declared() -> None:
         if isinstance(value, str) and name.endswith(("_BUCKET", "_STREAM")) and not value.startswith("KV_")
     }
     unknown = set(specs) - wanted
-    assert not unknown, f"declared but not in shared/subjects.py (renamed?): {sorted(unknown)}"
+    assert not unknown, f"declared but not in shared/protocol/subjects.py (renamed?): {sorted(unknown)}"
     missing = sorted(wanted - set(specs) - SERVICE_OWNED)
     assert not missing, (
         f"declare {missing} in deploy/k8s/components/jetstream (or list them in SERVICE_OWNED)"

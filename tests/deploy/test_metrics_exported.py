@@ -1,14 +1,10 @@
 """The real services' /metrics: valid for promtool, and exporting every name the rules and dashboard use.
 
-Each service runs as `python -m services.<name>` against the test NATS server. A service whose module
-is not there yet is skipped with a message; its names then come from its registry in shared/metrics.py,
-and if that is missing too, names with its prefix are reported as unverifiable (a skip, not a pass).
+Each service runs as `python -m services.<name>` against the test NATS server.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,27 +13,20 @@ import aiohttp
 import pytest
 
 from tests.deploy import promql
-from tests.deploy.tools import DASHBOARD_FILE, NOT_BUILT, RULES_FILE, run, tool
+from tests.deploy.tools import DASHBOARD_FILE, RULES_FILE, run, tool
 from tests.support import ServiceProcess, free_port
 
 
 @dataclass(frozen=True)
 class Service:
     module: str
-    registry: str  # class in shared.metrics, the fallback when the service cannot run yet
-    prefixes: tuple[str, ...]  # metric names only this service exports
     env: tuple[tuple[str, str], ...] = ()
 
 
 SERVICES = (
-    Service("services.edge_gateway", "EdgeGatewayMetrics", ("ikiro_edge_",)),
-    Service(
-        "services.miniapp_gateway",
-        "MiniAppGatewayMetrics",
-        ("ikiro_miniapp_",),
-        (("SUPABASE_JWT_SECRET", "k8s-check-secret-of-at-least-32-bytes"),),
-    ),
-    Service("services.command_dispatcher", "DispatcherMetrics", ("ikiro_command_", "ikiro_commands_")),
+    Service("services.edge_gateway"),
+    Service("services.miniapp_gateway", (("SUPABASE_JWT_SECRET", "k8s-check-secret-of-at-least-32-bytes"),)),
+    Service("services.command_dispatcher"),
 )
 
 # Metrics that come from elsewhere, by where: Prometheus itself, and prometheus-nats-exporter as the
@@ -83,48 +72,29 @@ def used_names() -> dict[str, set[str]]:
     return used
 
 
-def missing_names(used: dict[str, set[str]], exported: set[str], unverifiable: tuple[str, ...]) -> list[str]:
-    """Names used but exported by nothing (external ones and those of services not built yet aside)."""
+def missing_names(used: dict[str, set[str]], exported: set[str]) -> list[str]:
+    """Names used but exported by nothing (external ones aside)."""
     return sorted(
         f"{name} (used by {', '.join(sorted(used[name]))})"
         for name in used
-        if name not in exported and name not in EXTERNAL and not name.startswith(unverifiable)
+        if name not in exported and name not in EXTERNAL
     )
 
 
-def module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name + ".__main__") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-@dataclass
-class Scrape:
-    service: Service
-    text: str | None  # None: neither the service nor its registry exists yet
-    source: str
-
-
 @pytest.fixture(scope="module")
-async def scrapes(nats_url: str) -> AsyncIterator[dict[str, Scrape]]:
-    out: dict[str, Scrape] = {}
+async def scrapes(nats_url: str) -> AsyncIterator[dict[str, str]]:
+    """Each service's /metrics text, from the running service."""
+    out: dict[str, str] = {}
     running: list[ServiceProcess] = []
     try:
         for svc in SERVICES:
-            if module_exists(svc.module):
-                proc = ServiceProcess(svc.module, free_port(), {"NATS_URL": nats_url, **dict(svc.env)})
-                running.append(proc)
-                await proc.start(timeout=30)
-                async with aiohttp.ClientSession() as session, session.get(f"{proc.base_url}/metrics") as r:
-                    assert r.status == 200
-                    assert r.headers["Content-Type"].startswith("text/plain")
-                    out[svc.module] = Scrape(svc, await r.text(), f"GET {proc.base_url}/metrics")
-                continue
-            metrics = importlib.import_module("shared.metrics")
-            registry = getattr(metrics, svc.registry, None)
-            text = registry().exposition().decode() if registry else None
-            out[svc.module] = Scrape(svc, text, f"shared.metrics.{svc.registry}" if registry else "nothing")
+            proc = ServiceProcess(svc.module, free_port(), {"NATS_URL": nats_url, **dict(svc.env)})
+            running.append(proc)
+            await proc.start(timeout=30)
+            async with aiohttp.ClientSession() as session, session.get(f"{proc.base_url}/metrics") as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("text/plain")
+                out[svc.module] = await r.text()
         yield out
     finally:
         for proc in running:
@@ -132,41 +102,31 @@ async def scrapes(nats_url: str) -> AsyncIterator[dict[str, Scrape]]:
 
 
 @pytest.mark.parametrize("service", [s.module for s in SERVICES])
-async def test_service_exports_valid_metrics(scrapes: dict[str, Scrape], service: str) -> None:
-    scrape = scrapes[service]
-    if not module_exists(service):
-        pytest.skip(f"{NOT_BUILT} {service} has no __main__ yet; checked {scrape.source} instead")
-    assert scrape.text is not None
-    out = run([tool("promtool", "PROMTOOL"), "check", "metrics"], input_text=scrape.text)
+async def test_service_exports_valid_metrics(scrapes: dict[str, str], service: str) -> None:
+    text = scrapes[service]
+    out = run([tool("promtool", "PROMTOOL"), "check", "metrics"], input_text=text)
     assert out.returncode == 0, out.stdout + out.stderr
-    names = exported_names(scrape.text)
+    names = exported_names(text)
     for required in (
         "ikiro_build_info",
         "ikiro_nats_connected",
         "ikiro_nats_reconnects_total",
         "ikiro_draining",
+        "ikiro_tasks_down",
     ):
         assert required in names, f"{service} does not export {required}"
 
 
-async def test_every_metric_the_rules_and_dashboard_use_is_exported(scrapes: dict[str, Scrape]) -> None:
-    exported: set[str] = set()
-    unverifiable: tuple[str, ...] = ()
-    for scrape in scrapes.values():
-        if scrape.text is None:
-            unverifiable += scrape.service.prefixes
-        else:
-            exported |= exported_names(scrape.text)
-    assert missing_names(used_names(), exported, unverifiable) == []
-    if unverifiable:
-        pytest.skip(f"{NOT_BUILT} names starting with {unverifiable} could not be checked")
+async def test_every_metric_the_rules_and_dashboard_use_is_exported(scrapes: dict[str, str]) -> None:
+    exported = set().union(*(exported_names(text) for text in scrapes.values()))
+    assert missing_names(used_names(), exported) == []
 
 
-async def test_a_rule_on_a_metric_nobody_exports_is_caught(scrapes: dict[str, Scrape]) -> None:
-    exported = set().union(*(exported_names(s.text) for s in scrapes.values() if s.text))
+async def test_a_rule_on_a_metric_nobody_exports_is_caught(scrapes: dict[str, str]) -> None:
+    exported = set().union(*(exported_names(text) for text in scrapes.values()))
     used = used_names()
     used.setdefault("ikiro_edge_sockets_opened", set()).add("IkiroTypo")
-    assert missing_names(used, exported, ()) == ["ikiro_edge_sockets_opened (used by IkiroTypo)"]
+    assert missing_names(used, exported) == ["ikiro_edge_sockets_opened (used by IkiroTypo)"]
 
 
 def test_exported_names_cover_labelled_families_without_samples() -> None:

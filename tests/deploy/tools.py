@@ -26,8 +26,6 @@ DASHBOARD_FILE = MONITORING / "dashboard.json"
 README = K8S / "README.md"
 SCHEMAS = K8S / "schemas"
 TOOLS = ROOT / ".tools"
-# Skips with this prefix are expected (a service still being built); any other skip fails k8s-check.
-NOT_BUILT = "not built yet:"
 
 
 def strict() -> bool:

@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from shared import subjects
-from shared.errors import Conflict, InvalidPayload, InvalidRequest, NotCancellable, NotFound, QueueFull
+from shared.protocol import subjects
+from shared.protocol.errors import (
+    Conflict,
+    InvalidPayload,
+    InvalidRequest,
+    NotCancellable,
+    NotFound,
+    QueueFull,
+)
 from tests.edge.support import Stack, edge_stack
 
 MSG = {"thread_id": "t1", "text": "hello"}

@@ -15,7 +15,7 @@ import nats
 import pytest
 
 from shared.client import CommandClient
-from shared.errors import IkiroError
+from shared.protocol.errors import IkiroError
 from tests.edge.support import SECRET, connect_agent
 from tests.support import NatsServer, ServiceProcess, free_port, http_status, wait_until
 

@@ -13,11 +13,10 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from services.edge_gateway.app import METRICS
-from services.edge_gateway.keys import GATEWAY
-from shared import subjects
-from shared.natsserver import NatsServer
-from tests.edge.support import SECRET, Stack, auth_headers, edge_stack, start_gateway, token
+from devtools.natsserver import NatsServer
+from services.edge_gateway.gateway import GATEWAY
+from shared.protocol import subjects
+from tests.edge.support import SECRET, RunningApp, Stack, auth_headers, edge_stack, start_gateway, token
 from tests.support import wait_until
 
 MSG = {"thread_id": "t1", "text": "hello"}
@@ -437,18 +436,18 @@ async def test_agent_too_slow_to_read_is_closed_with_1013(nats_url: str, agent_i
             )
             await wait_until(lambda: _online(stack, agent_id), timeout=10)
             big = {"rule_type": "r", "rule_config": {"blob": "x" * 200_000}}
-            closes_before = _disconnects(1013)
+            closes_before = _disconnects(gateway, 1013)
             for _ in range(40):
                 await stack.client.submit(agent_id, "set_rule", big)
             await wait_until(lambda: not gateway.app[GATEWAY].open_connections, timeout=30)
-            assert _disconnects(1013) == closes_before + 1
+            assert _disconnects(gateway, 1013) == closes_before + 1
             await ws.close()
     finally:
         await gateway.stop()
 
 
-def _disconnects(code: int) -> float:
-    value: float = METRICS.disconnects.labels(code=str(code))._value.get()
+def _disconnects(gateway: RunningApp, code: int) -> float:
+    value: float = gateway.app[GATEWAY].metrics.disconnects.labels(code=str(code))._value.get()
     return value
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared import subjects
+from shared.protocol import subjects
 from tests.edge.support import RunningApp, Stack, auth_headers, edge_stack, start_gateway, token
 from tests.support import NatsServer
 

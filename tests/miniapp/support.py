@@ -13,9 +13,9 @@ import orjson
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from services.miniapp_gateway.app import create_app, drain
+from services.miniapp_gateway.app import create_app
 from services.miniapp_gateway.config import MiniAppSettings
-from services.miniapp_gateway.websocket import GATEWAY
+from services.miniapp_gateway.gateway import GATEWAY
 from shared.supabase import mint_dev_token
 from tests.support import free_port
 
@@ -71,8 +71,7 @@ class Gateway:
         return self.app[GATEWAY].hub.presence.replica_id
 
     async def stop(self) -> None:
-        if GATEWAY in self.app:
-            await drain(self.app)
+        await self.app[GATEWAY].drain()
         await self.runner.cleanup()
         await self.nc.close()
 

@@ -16,7 +16,7 @@ from tests.support import ROOT
 async def ikiro(*args: str, nats_url: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "NATS_URL": nats_url, "SUPABASE_JWT_SECRET": SECRET}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", *args, cwd=ROOT, env=env,
+        sys.executable, "-m", "devtools.cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from nats.aio.client import Client as NATS
 
-from services.miniapp_gateway.websocket import GATEWAY
-from shared import subjects
-from shared.miniapp_protocol import Source
+from services.miniapp_gateway.gateway import GATEWAY
+from shared.protocol import subjects
+from shared.protocol.miniapp import Source
 from tests.miniapp.support import Gateway, join, new_session
 from tests.support import wait_until
 

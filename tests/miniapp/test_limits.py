@@ -11,10 +11,10 @@ import aiohttp
 import orjson
 from nats.aio.client import Client as NATS
 
-from services.miniapp_gateway.websocket import GATEWAY
-from shared import subjects
-from shared.metrics import MiniAppGatewayMetrics
-from shared.service import METRICS
+from services.miniapp_gateway.gateway import GATEWAY
+from services.miniapp_gateway.metrics import MiniAppGatewayMetrics
+from shared.protocol import subjects
+from shared.runtime.service import METRICS
 from tests.miniapp.support import Client, Gateway, connect, join, new_session, token
 
 Factory = Callable[..., Awaitable[Gateway]]

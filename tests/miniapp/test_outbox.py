@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from services.miniapp_gateway.outbox import TYPING, Outbox, SlowConsumer
-from services.miniapp_gateway.ratelimit import AbuseCounter, TokenBucket
+from shared.runtime.ratelimit import TokenBucket
+from shared.runtime.ratelimit import WindowCounter as AbuseCounter
+from shared.runtime.socket import Outbox, SlowConsumer
+
+TYPING = "typing"
 
 
 def test_typing_is_dropped_first_when_behind() -> None:
-    box = Outbox(max_frames=10, max_bytes=10_000, typing_drop_frames=3)
+    box = Outbox(max_frames=10, max_bytes=10_000, droppable=TYPING, drop_after=3)
     for _ in range(3):
         assert box.put("state_update", b"x")
     assert not box.put(TYPING, b"t")
@@ -17,7 +20,7 @@ def test_typing_is_dropped_first_when_behind() -> None:
 
 
 def test_queued_typing_is_evicted_before_closing() -> None:
-    box = Outbox(max_frames=4, max_bytes=10_000, typing_drop_frames=100)
+    box = Outbox(max_frames=4, max_bytes=10_000, droppable=TYPING, drop_after=100)
     box.put(TYPING, b"t")
     box.put(TYPING, b"t")
     for _ in range(3):
@@ -26,7 +29,7 @@ def test_queued_typing_is_evicted_before_closing() -> None:
 
 
 def test_over_frame_limit_is_a_slow_consumer() -> None:
-    box = Outbox(max_frames=3, max_bytes=10_000, typing_drop_frames=100)
+    box = Outbox(max_frames=3, max_bytes=10_000, droppable=TYPING, drop_after=100)
     for _ in range(3):
         box.put("state_update", b"x")
     with pytest.raises(SlowConsumer):
@@ -34,14 +37,14 @@ def test_over_frame_limit_is_a_slow_consumer() -> None:
 
 
 def test_over_byte_limit_is_a_slow_consumer() -> None:
-    box = Outbox(max_frames=100, max_bytes=1000, typing_drop_frames=100)
+    box = Outbox(max_frames=100, max_bytes=1000, droppable=TYPING, drop_after=100)
     box.put("state_update", b"x" * 600)
     with pytest.raises(SlowConsumer):
         box.put("state_update", b"x" * 600)
 
 
 async def test_frames_come_out_in_order() -> None:
-    box = Outbox(max_frames=10, max_bytes=1000, typing_drop_frames=10)
+    box = Outbox(max_frames=10, max_bytes=1000, droppable=TYPING, drop_after=10)
     box.put("a", b"1")
     box.put("b", b"2")
     assert await box.get() == ("a", b"1")

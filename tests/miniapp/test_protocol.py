@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ErrorCode
-from shared.miniapp_protocol import (
+from shared.protocol.codec import encode, error_frame
+from shared.protocol.errors import ErrorCode, IkiroError
+from shared.protocol.miniapp import (
     ActionFrame,
     AuthFrame,
-    FrameError,
     PingFrame,
     StateUpdateFrame,
     TypingFrame,
-    encode,
-    error_frame,
     parse_inbound,
 )
 
@@ -51,20 +49,20 @@ def test_each_client_type_parses() -> None:
     ],
 )
 def test_unusable_frames_get_the_contract_code(raw: bytes, code: ErrorCode) -> None:
-    with pytest.raises(FrameError) as caught:
+    with pytest.raises(IkiroError) as caught:
         parse_inbound(raw)
     assert caught.value.code is code
 
 
 def test_refused_frame_error_carries_its_client_msg_id() -> None:
-    with pytest.raises(FrameError) as caught:
+    with pytest.raises(IkiroError) as caught:
         parse_inbound(b'{"type":"state_update","data":{"patch":[],"client_msg_id":"m-7"}}')
     assert caught.value.extra["client_msg_id"] == "m-7"
     assert b'"client_msg_id":"m-7"' in error_frame(caught.value)
 
 
 def test_encode_omits_unset_optionals_but_keeps_nulls_inside_a_patch() -> None:
-    from shared.miniapp_protocol import Source, StateUpdateData
+    from shared.protocol.miniapp import Source, StateUpdateData
 
     frame = encode("state_update", StateUpdateData(patch={"gone": None}, version=2, source=Source.SERVER))
     assert frame == b'{"type":"state_update","data":{"patch":{"gone":null},"version":2,"source":"server"}}'

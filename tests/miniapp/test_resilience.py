@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from shared import subjects
+from shared.protocol import subjects
 from tests.miniapp.support import FAST, SECRET, Gateway, join, new_session
 from tests.support import ROOT, ServiceProcess, free_port
 

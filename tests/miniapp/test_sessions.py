@@ -10,7 +10,7 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from shared import subjects
+from shared.protocol import subjects
 from tests.miniapp.support import Client, Gateway, join, new_session, new_user
 from tests.support import wait_until
 

@@ -5,25 +5,27 @@ from uuid import uuid4
 
 import pytest
 
-from shared.commands import (
-    SUBMIT_REQUEST,
+from services.command_dispatcher.lifecycle import (
     AckOutcome,
-    CommandRecord,
-    CommandState,
-    SubmitRequest,
     TimerAction,
     Timing,
     apply_ack,
     due_for_pull,
     moved,
     new_record,
-    parse_request,
     pull_order,
     timer_action,
+)
+from shared.protocol.commands import (
+    SUBMIT_REQUEST,
+    CommandRecord,
+    CommandState,
+    SubmitRequest,
+    parse_request,
     validate_payload,
 )
-from shared.edge_protocol import AckStatus, CommandAck, CommandType, Priority
-from shared.errors import InvalidPayload, InvalidRequest
+from shared.protocol.edge import AckStatus, CommandAck, CommandType, Priority
+from shared.protocol.errors import InvalidPayload, InvalidRequest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMING = Timing(ack_timeout_s=10, max_ack_timeout_s=300, max_attempts=3, execution_timeout_s=100)

@@ -1,9 +1,11 @@
-"""Error codes and the one root exception every service raises and maps to the wire."""
+"""Error codes, close codes, the one root exception, and the one mapping of failures to the wire."""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
+
+from pydantic import ValidationError
 
 
 class ErrorCode(StrEnum):
@@ -31,6 +33,24 @@ class ErrorCode(StrEnum):
     INVALID_AGENT_ID = "invalid_agent_id"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes (DESIGN section 6)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # idle timeout
+    POLICY_VIOLATION = 1008  # repeated unusable frames, sustained rate abuse
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # reconnect now, to another replica
+    TRY_AGAIN_LATER = 1013  # slow consumer, overload
+    REPLACED = 4000  # a newer socket of the same edge agent
+    UNAUTHORIZED = 4001  # MiniApp: missing, bad or expired token
+    FORBIDDEN = 4003  # MiniApp: role not allowed, or not a member of the session
+    SESSION_FULL = 4029
+    BAD_SESSION_ID = 4400
+    ABNORMAL = 1006  # never sent: what a peer sees when the connection drops without a close
 
 
 class IkiroError(Exception):
@@ -78,6 +98,31 @@ class NoResponders(Unavailable):
     """Nobody subscribes to the subject at all (for a delivery: no socket anywhere)."""
 
 
+def describe(err: ValidationError) -> str:
+    """One readable line naming the first offending field."""
+    first = err.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def refusal(err: ValidationError, code: ErrorCode = ErrorCode.INVALID_REQUEST, **extra: Any) -> IkiroError:
+    """The error a client gets for input that failed validation.
+
+    For a WebSocket frame (`code` INVALID_FRAME) the kind of failure picks the code: not JSON
+    at all, an unknown `type`, or a frame of the right type with unusable fields.
+    """
+    if code is ErrorCode.INVALID_FRAME:
+        first = err.errors(include_url=False)[0]
+        kind = first["type"]
+        if kind == "json_invalid":
+            return IkiroError("frame is not valid JSON", ErrorCode.INVALID_JSON)
+        if kind == "union_tag_invalid":
+            return IkiroError(f"unknown frame type {first['input']!r:.64}", ErrorCode.UNKNOWN_TYPE, **extra)
+        if kind in ("union_tag_not_found", "model_attributes_type", "model_type"):
+            return IkiroError("frame must be an object {type, data}", code, **extra)
+    return _BY_CODE.get(code, IkiroError)(describe(err), code, **extra)
+
+
 def error_body(exc: BaseException) -> dict[str, Any]:
     """The wire shape `{"code", "message", ...}` of an exception; internals never leak."""
     if isinstance(exc, IkiroError):
@@ -92,7 +137,8 @@ def error_from_body(body: dict[str, Any]) -> IkiroError:
     except ValueError:
         code = ErrorCode.INTERNAL_ERROR
     cls = _BY_CODE.get(code, IkiroError)
-    return cls(str(body.get("message", "")), code=code)
+    extra = {k: v for k, v in body.items() if k not in ("code", "message")}
+    return cls(str(body.get("message", "")), code=code, **extra)
 
 
 _BY_CODE: dict[ErrorCode, type[IkiroError]] = {

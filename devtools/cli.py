@@ -22,10 +22,11 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from devtools import miniapp_cli
 from shared.auth import DEV_EDGE_SECRET, generate_edge_token
 from shared.client import CommandClient, Submitted
-from shared.commands import TERMINAL
-from shared.errors import IkiroError
+from shared.protocol.commands import TERMINAL
+from shared.protocol.errors import IkiroError
 
 
 def _print(obj: Any) -> None:
@@ -91,7 +92,7 @@ async def cmd_agent(args: argparse.Namespace) -> int:
 
 
 async def cmd_sim_agent(args: argparse.Namespace) -> int:
-    from shared.sim_agent import SimAgent
+    from devtools.sim_agent import SimAgent
 
     agent = SimAgent(
         base_url=args.url.rstrip("/"),
@@ -106,7 +107,7 @@ async def cmd_sim_agent(args: argparse.Namespace) -> int:
 
 
 async def cmd_stack(args: argparse.Namespace) -> int:
-    from shared.devstack import run_stack
+    from devtools.devstack import run_stack
 
     await run_stack()
     return 0
@@ -158,12 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("stack", cmd_stack, "run NATS and every service locally until Ctrl-C")
 
-    try:
-        from shared import miniapp_cli
-    except ImportError:
-        pass
-    else:
-        miniapp_cli.add_commands(sub)
+    miniapp_cli.add_commands(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from shared.subjects import TOKEN_RE
+from shared.protocol.subjects import TOKEN_RE
 
 AgentId = Annotated[str, Field(pattern=TOKEN_RE.pattern)]
 
@@ -111,8 +111,3 @@ class SyncResponse(BaseModel):
 
 
 SYNC_REQUEST: TypeAdapter[SyncRequest] = TypeAdapter(SyncRequest)
-
-
-def frame(type_: str, data: Any) -> dict[str, Any]:
-    """The `{type, data}` envelope."""
-    return {"type": type_, "data": data}

@@ -1,33 +1,40 @@
-"""NATS helpers every service shares: connect, JSON request/reply, idempotent JetStream setup."""
+"""NATS connections and the JSON request/reply convention of every internal subject.
+
+Every reply is `{"ok": true, ...}` or `{"ok": false, "error": {"code", "message"}}` (DESIGN section 4).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StreamConfig
-from nats.js.kv import KeyValue
-from pydantic import TypeAdapter
+from nats.aio.subscription import Subscription
 
-from shared import jsonutil
-from shared.config import ServiceSettings
-from shared.errors import ErrorCode, IkiroError, NoResponders, Unavailable, error_body, error_from_body
-from shared.metrics import ServiceMetrics
-from shared.workers import KeyedWorkers
+from shared.protocol import codec
+from shared.protocol.errors import (
+    ErrorCode,
+    IkiroError,
+    NoResponders,
+    Unavailable,
+    error_body,
+    error_from_body,
+)
+from shared.runtime.config import ServiceSettings
+from shared.runtime.metrics import ServiceMetrics
+from shared.runtime.tasks import KeyedWorkers
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M")
-
 REQUEST_TIMEOUT_S = 5.0
+# What NATS may buffer for one API subscription before it reports a slow consumer.
+PENDING_MSGS = 10_000
+PENDING_BYTES = 64 * 1024 * 1024
 
 
 async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str) -> NATS:
@@ -70,12 +77,12 @@ async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str)
 async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """JSON request; returns the reply's fields, raises the `IkiroError` an `{"ok": false}` carries."""
     try:
-        msg = await nc.request(subject, jsonutil.dumps(body), timeout=timeout_s)
+        msg = await nc.request(subject, codec.dumps(body), timeout=timeout_s)
     except nats.errors.NoRespondersError:
         raise NoResponders(f"nobody answers {subject}") from None
     except (TimeoutError, nats.errors.TimeoutError):
         raise Unavailable(f"{subject} timed out") from None
-    reply = jsonutil.loads(msg.data)
+    reply = codec.loads(msg.data)
     if not isinstance(reply, dict) or not reply.get("ok"):
         err = reply.get("error") if isinstance(reply, dict) else None
         raise error_from_body(err if isinstance(err, dict) else {"code": ErrorCode.INTERNAL_ERROR})
@@ -86,16 +93,15 @@ async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_
 Handler = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
-def replier(handler: Handler, logger: logging.Logger, pool: KeyedWorkers) -> Callable[[Msg], Awaitable[None]]:
-    """Wrap `handler` as a NATS callback answering `{"ok": true, ...}` or `{"ok": false, "error"}`.
+async def serve_requests(
+    nc: NATS, routes: Mapping[str, Handler], queue: str, pool: KeyedWorkers, logger: logging.Logger
+) -> list[Subscription]:
+    """Answer each subject of `routes` in queue group `queue`, concurrently in `pool`.
 
-    Requests run concurrently in `pool` (a subscription callback alone would serialise them).
+    A subscription callback alone would answer one request at a time.
     """
 
-    async def on_request(msg: Msg) -> None:
-        await pool.submit(msg.reply or msg.subject, functools.partial(answer, msg))
-
-    async def answer(msg: Msg) -> None:
+    async def answer(handler: Handler, msg: Msg) -> None:
         try:
             reply: dict[str, Any] = {"ok": True, **await handler(msg.data)}
         except IkiroError as err:
@@ -105,32 +111,23 @@ def replier(handler: Handler, logger: logging.Logger, pool: KeyedWorkers) -> Cal
             reply = {"ok": False, "error": error_body(RuntimeError())}
         if msg.reply:
             try:
-                await msg.respond(jsonutil.dumps(reply))
+                await msg.respond(codec.dumps(reply))
             except nats.errors.Error as err:
                 logger.warning("reply on %s lost: %s", msg.subject, err)
 
-    return on_request
+    def on_request(handler: Handler) -> Callable[[Msg], Awaitable[None]]:
+        async def receive(msg: Msg) -> None:
+            await pool.submit(msg.reply or msg.subject, functools.partial(answer, handler, msg))
 
+        return receive
 
-async def kv_get(kv: KeyValue, key: str, adapter: TypeAdapter[M]) -> tuple[M, int] | None:
-    """The value under `key` parsed by `adapter`, with its revision; None when absent or deleted."""
-    try:
-        entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    return adapter.validate_json(entry.value or b""), entry.revision or 0
-
-
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to `config` (start-up is idempotent)."""
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
-
-
-async def ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    try:
-        return await js.create_key_value(config)
-    except nats.js.errors.BadRequestError:
-        return await js.key_value(config.bucket)
+    return [
+        await nc.subscribe(
+            subject,
+            queue=queue,
+            cb=on_request(handler),
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
+        for subject, handler in routes.items()
+    ]

@@ -1,4 +1,4 @@
-"""Edge agent records and events shared by the edge gateway (writer) and the dispatcher (reader).
+"""Edge agent records and events: written by the edge gateway, read by the dispatcher.
 
 The agents bucket holds three small records per agent, each written by one party:
 `presence.<id>` (the gateway holding the socket; fenced by `epoch`), `status.<id>` (last status
@@ -10,12 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from nats.js.kv import KeyValue
 from pydantic import BaseModel, TypeAdapter
 
-from shared.broker import kv_get
-from shared.edge_protocol import CommandData
-from shared.subjects import agent_key
+from shared.protocol.edge import CommandData
 
 
 class AgentPresence(BaseModel):
@@ -43,11 +40,6 @@ STATUS = TypeAdapter(AgentStatus)
 SYNC = TypeAdapter(AgentSync)
 
 
-async def read_presence(agents: KeyValue, edge_agent_id: str) -> tuple[AgentPresence, int] | None:
-    """The agent's presence record and its revision (the fencing token for rewriting it)."""
-    return await kv_get(agents, agent_key("presence", edge_agent_id), PRESENCE)
-
-
 class PresenceEvent(BaseModel):
     """Published on `edge.presence.<id>`."""
 
@@ -72,3 +64,15 @@ class DeliverRequest(BaseModel):
 
 
 DELIVER_REQUEST = TypeAdapter(DeliverRequest)
+
+
+class AgentInfo(BaseModel):
+    """The reply of `edge.agents.get`."""
+
+    edge_agent_id: str
+    online: bool
+    connected_at: str | None
+    last_seen: str | None
+    last_status: dict[str, Any] | None
+    last_command_id: str | None = None
+    queued: int

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from shared.auth import generate_edge_token
-from shared.jsonutil import now_iso
+from shared.protocol.codec import now_iso
 
 log = logging.getLogger("ikiro.sim_agent")
 

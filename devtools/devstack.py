@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from devtools.natsserver import NatsServer
 from shared.auth import DEV_EDGE_SECRET, generate_edge_token
-from shared.natsserver import NatsServer
+from shared.supabase import mint_dev_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -99,21 +98,13 @@ def banner(services: list[Service], nats_url: str, edge_secret: str, extras: lis
     return "\n".join(lines)
 
 
-def miniapp_extras(jwt_secret: str) -> tuple[dict[str, str], Callable[[str], list[str]]] | None:
-    """The MiniApp gateway's settings and banner lines, once that service exists."""
-    if importlib.util.find_spec("services.miniapp_gateway.__main__") is None:
-        return None
-    from shared.supabase import mint_dev_token
-
-    def lines(url: str) -> list[str]:
-        jwt = mint_dev_token(SAMPLE_USER, jwt_secret, "authenticated", 3600)
-        ws = url.replace("http", "ws", 1)
-        return [
-            f"  dev MiniApp JWT ({SAMPLE_USER}, 1 h): {jwt}",
-            f"  MiniApp WebSocket    {ws}/ws/miniapp/{SAMPLE_SESSION}?token={jwt}",
-        ]
-
-    return {"SUPABASE_JWT_SECRET": jwt_secret}, lines
+def miniapp_lines(url: str, jwt_secret: str) -> list[str]:
+    jwt = mint_dev_token(SAMPLE_USER, jwt_secret, "authenticated", 3600)
+    ws = url.replace("http", "ws", 1)
+    return [
+        f"  dev MiniApp JWT ({SAMPLE_USER}, 1 h): {jwt}",
+        f"  MiniApp WebSocket    {ws}/ws/miniapp/{SAMPLE_SESSION}?token={jwt}",
+    ]
 
 
 async def run_stack() -> None:
@@ -128,10 +119,8 @@ async def run_stack() -> None:
     services = [
         Service("services.command_dispatcher", 8082, {}),
         Service("services.edge_gateway", 8080, {"EDGE_SECRET": edge_secret}),
+        Service("services.miniapp_gateway", 8081, {"SUPABASE_JWT_SECRET": jwt_secret}),
     ]
-    miniapp = miniapp_extras(jwt_secret)
-    if miniapp is not None:
-        services.append(Service("services.miniapp_gateway", 8081, miniapp[0]))
     for service in services:
         if not port_free(service.port):
             raise SystemExit(f"port {service.port} ({service.module}) is taken")
@@ -149,8 +138,7 @@ async def run_stack() -> None:
             )
         for service in services:
             await wait_ready(service)
-        extras = miniapp[1](services[2].url) if miniapp is not None else []
-        print(banner(services, nats_url, edge_secret, extras), flush=True)
+        print(banner(services, nats_url, edge_secret, miniapp_lines(services[2].url, jwt_secret)), flush=True)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,7 @@
 """Wire models of the MiniApp WebSocket protocol and its internal NATS API (DESIGN section 5).
 
 Browser -> gateway frames are one discriminated union parsed in one pass by `MINIAPP_INBOUND`.
-Gateway -> browser frames are built from the `*Data` models with `encode`. The records the gateway
+Gateway -> browser frames are built from the `*Data` models with `codec.encode`. The records the gateway
 keeps in JetStream (session state, presence) and the events it publishes live here too: any
 service may read them.
 """
@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError
 
-from shared.errors import ErrorCode, IkiroError
-from shared.subjects import TOKEN_RE
+from shared.protocol.errors import ErrorCode, refusal
+from shared.protocol.subjects import TOKEN_RE
 
 SessionId = Annotated[str, Field(pattern=TOKEN_RE.pattern)]
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -93,27 +93,15 @@ InboundFrame = PingFrame | StateUpdateFrame | ActionFrame | TypingFrame | AuthFr
 MINIAPP_INBOUND: TypeAdapter[InboundFrame] = TypeAdapter(Annotated[InboundFrame, Field(discriminator="type")])
 
 
-class FrameError(IkiroError, ValueError):
-    """A browser frame that cannot be used; answered with an `error` frame, the socket stays open."""
-
-    code = ErrorCode.INVALID_FRAME
-
-
 def parse_inbound(raw: bytes | str) -> InboundFrame:
-    """Parse one browser frame, or raise `FrameError` with the contract's code."""
+    """Parse one browser frame, or raise the `IkiroError` its `error` frame carries."""
     try:
         return MINIAPP_INBOUND.validate_json(raw)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        kind = first["type"]
         client_msg_id = client_msg_id_of(raw)
-        extra: dict[str, Any] = {"client_msg_id": client_msg_id} if client_msg_id else {}
-        if kind == "json_invalid":
-            raise FrameError("frame is not valid JSON", ErrorCode.INVALID_JSON) from None
-        if kind == "union_tag_invalid":
-            raise FrameError("unknown frame type", ErrorCode.UNKNOWN_TYPE, **extra) from None
-        where = ".".join(str(part) for part in first["loc"]) or "frame"
-        raise FrameError(f"{where}: {first['msg']}", ErrorCode.INVALID_FRAME, **extra) from None
+        raise refusal(
+            err, ErrorCode.INVALID_FRAME, **({"client_msg_id": client_msg_id} if client_msg_id else {})
+        ) from None
 
 
 def client_msg_id_of(raw: bytes | str) -> str | None:
@@ -170,32 +158,6 @@ class ActionData(BaseModel):
 
 class AuthOkData(BaseModel):
     expires_at: int
-
-
-class ErrorData(BaseModel):
-    code: ErrorCode
-    message: str
-    client_msg_id: str | None = None
-    version: int | None = None
-
-
-def encode(type_: str, data: BaseModel | dict[str, Any]) -> bytes:
-    """One `{type, data}` frame as JSON bytes; optional fields left unset are omitted."""
-    body = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
-    return orjson.dumps({"type": type_, "data": body})
-
-
-def error_frame(err: IkiroError) -> bytes:
-    extra = err.extra
-    return encode(
-        "error",
-        ErrorData(
-            code=err.code,
-            message=err.message,
-            client_msg_id=extra.get("client_msg_id"),
-            version=extra.get("version"),
-        ),
-    )
 
 
 # --- Internal NATS API ---

@@ -1,8 +1,12 @@
-"""The HTTP side every service shares: health, readiness, metrics, and the ordered graceful stop.
+"""The life of a service process: health, readiness, metrics, and the ordered graceful stop.
+
+Every service is an object with a `TaskOwner` and three steps: `start` (connect its NATS parts),
+`drain` (stop accepting work, close sockets with 1012, finish what is in flight) and `stop`
+(cancel what is left). `service_app` wraps it in an aiohttp app with `/healthz`, `/readyz` and
+`/metrics`; `run_service` runs it as a process until SIGTERM.
 
 Stop order (DESIGN section 2): `/readyz` 503 at once -> wait `SHUTDOWN_DELAY_S` -> the service's
-own drain (refuse new sockets, close open ones with 1012, finish in-flight work) -> drain NATS ->
-close the listener and exit, all within `SHUTDOWN_GRACE_S`.
+drain -> drain NATS -> close the listener and exit, all within `SHUTDOWN_GRACE_S`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
 import nats.errors
 import uvloop
@@ -21,32 +26,56 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from shared.broker import connect
-from shared.config import S, ServiceSettings, load_settings
-from shared.logs import configure as configure_logging
-from shared.metrics import ServiceMetrics
+from shared.broker.connection import connect
+from shared.runtime.config import S, ServiceSettings, load_settings
+from shared.runtime.logs import configure as configure_logging
+from shared.runtime.metrics import ServiceMetrics
+from shared.runtime.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
+
+MS = TypeVar("MS", bound=ServiceMetrics)
+
+
+class Service(Protocol):
+    tasks: TaskOwner
+
+    async def start(self) -> None: ...
+    async def drain(self) -> None: ...
+    async def stop(self) -> None: ...
+
 
 DRAINING = web.AppKey("draining", asyncio.Event)  # set at SIGTERM: /readyz answers 503
 CLOSING = web.AppKey("closing", asyncio.Event)  # set SHUTDOWN_DELAY_S later: no new sockets
 NATS_CLIENT = web.AppKey("nats", NATS)
 METRICS = web.AppKey("metrics", ServiceMetrics)
+SERVICE = web.AppKey("service", Service)
 
 
-def add_health_routes(app: web.Application, nc: NATS, metrics: ServiceMetrics) -> None:
-    """Install `/healthz`, `/readyz`, `/metrics` and the draining flag on `app`."""
+def service_app(service: Service, nc: NATS, metrics: ServiceMetrics, **options: Any) -> web.Application:
+    """An aiohttp app running `service`, with `/healthz`, `/readyz` and `/metrics`."""
+    app = web.Application(**options)
     app[DRAINING] = asyncio.Event()
     app[CLOSING] = asyncio.Event()
     app[NATS_CLIENT] = nc
     app[METRICS] = metrics
+    app[SERVICE] = service
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.cleanup_ctx.append(_run)
+    return app
 
 
-def is_draining(app: web.Application) -> bool:
-    return app[DRAINING].is_set()
+def new_task_owner(metrics: ServiceMetrics) -> TaskOwner:
+    return TaskOwner(metrics.task_failures, metrics.tasks_down)
+
+
+async def _run(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+    await service.start()
+    yield
+    await service.stop()
 
 
 def accepts_sockets(app: web.Application) -> bool:
@@ -60,10 +89,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     app = request.app
-    if is_draining(app):
+    if app[DRAINING].is_set():
         return web.json_response({"status": "draining"}, status=503)
     if not app[NATS_CLIENT].is_connected:
         return web.json_response({"status": "nats disconnected"}, status=503)
+    down = app[SERVICE].tasks.down
+    if down:
+        return web.json_response({"status": f"not running: {', '.join(sorted(down))}"}, status=503)
     return web.json_response({"status": "ready"})
 
 
@@ -72,12 +104,7 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def serve(
-    app: web.Application,
-    settings: ServiceSettings,
-    drain: Callable[[], Awaitable[None]],
-    stop: asyncio.Event | None = None,
-) -> None:
+async def serve(app: web.Application, settings: ServiceSettings, stop: asyncio.Event | None = None) -> None:
     """Serve `app` until SIGTERM/SIGINT (or `stop`), then stop in the contract's order."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,7 +125,7 @@ async def serve(
         async with asyncio.timeout(settings.shutdown_grace_s):
             await asyncio.sleep(settings.shutdown_delay_s)
             app[CLOSING].set()
-            await drain()
+            await app[SERVICE].drain()
             if nc.is_connected:
                 with contextlib.suppress(Exception):
                     await nc.drain()
@@ -114,18 +141,17 @@ async def serve(
 def run_service(
     name: str,
     settings_cls: type[S],
-    metrics: ServiceMetrics,
-    create_app: Callable[[S, NATS], web.Application],
-    drain: Callable[[web.Application], Awaitable[None]],
+    metrics_cls: Callable[[], MS],
+    create_app: Callable[[S, NATS, MS], web.Application],
 ) -> None:
     """The whole life of a service process: settings, logging, NATS, serve, ordered stop."""
     settings = load_settings(settings_cls, name)
     configure_logging(name, settings.log_level, settings.json_logs)
+    metrics = metrics_cls()
 
     async def main() -> None:
         nc = await _connect_with_retry(settings, metrics, name)
-        app = create_app(settings, nc)
-        await serve(app, settings, lambda: drain(app))
+        await serve(create_app(settings, nc, metrics), settings)
 
     uvloop.run(main())
     # Everything is closed and drained by now. The interpreter's own teardown would take a

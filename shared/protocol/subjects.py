@@ -79,6 +79,12 @@ def timers_of_agent(edge_agent_id: str) -> str:
     return f"edge.timers.{edge_agent_id}.*"
 
 
+def parse_timer(subject: str) -> tuple[str, str]:
+    """`(edge_agent_id, command_id)` of a timer subject."""
+    _, _, edge_agent_id, command_id = subject.split(".", 3)
+    return edge_agent_id, command_id
+
+
 def acked(edge_agent_id: str) -> str:
     return f"edge.acked.{edge_agent_id}"
 
@@ -122,6 +128,19 @@ def miniapp_lease_key(replica_id: str) -> str:
 
 def miniapp_connection_key(replica_id: str, session_id: str, connection_id: str) -> str:
     return f"c.{replica_id}.{session_id}.{connection_id}"
+
+
+def parse_connection_key(key: str) -> tuple[str, str, str] | None:
+    """`(replica_id, session_id, connection_id)` of a connection entry's key."""
+    parts = key.split(".")
+    if len(parts) != 4 or parts[0] != "c":
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def parse_lease_key(key: str) -> str:
+    """The replica id of a lease key (or of its stream subject)."""
+    return key.rsplit(".", 1)[-1]
 
 
 def miniapp_connections_of_session(session_id: str) -> str:

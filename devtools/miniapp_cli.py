@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import nats
 
-from shared import broker, subjects
-from shared.devstack import DEV_JWT_SECRET
+from devtools.devstack import DEV_JWT_SECRET
+from shared.broker.connection import request
+from shared.protocol import subjects
 from shared.supabase import mint_dev_token
 
 DEFAULT_USER = "dev-user"
@@ -67,12 +68,12 @@ async def cmd_miniapp_push(args: argparse.Namespace) -> int:
     if not isinstance(patch, dict):
         print("error: --patch must be a JSON object", file=sys.stderr)
         return 2
-    request: dict[str, Any] = {"session_id": args.session, "patch": patch}
+    body: dict[str, Any] = {"session_id": args.session, "patch": patch}
     if args.base_version is not None:
-        request["base_version"] = args.base_version
+        body["base_version"] = args.base_version
     nc = await nats.connect(args.nats.split(","), connect_timeout=3, max_reconnect_attempts=2)
     try:
-        _print(await broker.request(nc, subjects.MINIAPP_STATE_UPDATE, request))
+        _print(await request(nc, subjects.MINIAPP_STATE_UPDATE, body))
     finally:
         await nc.close()
     return 0
@@ -81,7 +82,7 @@ async def cmd_miniapp_push(args: argparse.Namespace) -> int:
 async def cmd_miniapp_get(args: argparse.Namespace) -> int:
     nc = await nats.connect(args.nats.split(","), connect_timeout=3, max_reconnect_attempts=2)
     try:
-        _print(await broker.request(nc, subjects.MINIAPP_GET, {"session_id": args.session}))
+        _print(await request(nc, subjects.MINIAPP_GET, {"session_id": args.session}))
     finally:
         await nc.close()
     return 0

@@ -1,0 +1,1 @@
+"""NATS plumbing: connections, request/reply, JetStream streams and buckets, KV compare-and-set."""

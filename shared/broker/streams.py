@@ -1,0 +1,126 @@
+"""Every JetStream stream and KV bucket of the backend, declared once and created idempotently.
+
+Each service calls its `ensure_*` at start-up with the same definitions, so whichever starts first
+creates them. No stream captures a core request subject (that would break no-responders detection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+
+from shared.broker.kv import Bucket
+from shared.protocol import subjects
+
+# Records outlive the longest TTL (7 days) so a final state can still be read for a day after.
+RECORD_RETENTION_S = 8 * 86400
+# Server-placed delete markers (expired leases) stay this long, so a MiniApp replica that starts
+# after every other one died still reaps the dead replicas' connections.
+MARKER_TTL_S = 24 * 3600
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to `config`."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> Bucket:
+    try:
+        kv = await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        kv = await js.key_value(config.bucket)
+    return Bucket(js, kv, config.bucket, direct=bool(config.direct))
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeStore:
+    commands: Bucket
+    agents: Bucket
+
+
+def edge_streams(replicas: int) -> tuple[StreamConfig, ...]:
+    return (
+        # Timers: one message per unfinished command (max one per subject); its redelivery is the
+        # timer and its removal (ack or purge) is the command leaving the active set.
+        StreamConfig(
+            name=subjects.TIMERS_STREAM,
+            subjects=[subjects.TIMERS_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            num_replicas=replicas,
+        ),
+        # Acks a gateway could not hand to a dispatcher directly.
+        StreamConfig(
+            name=subjects.ACKS_STREAM,
+            subjects=[subjects.ACKS_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=RECORD_RETENTION_S,
+            num_replicas=replicas,
+        ),
+    )
+
+
+def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig]:
+    """The command records and the agent records."""
+    return (
+        KeyValueConfig(
+            bucket=subjects.COMMANDS_BUCKET,
+            history=1,
+            ttl=RECORD_RETENTION_S,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        ),
+        KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas),
+    )
+
+
+async def ensure_edge(js: JetStreamContext, replicas: int) -> EdgeStore:
+    for config in edge_streams(replicas):
+        await ensure_stream(js, config)
+    commands, agents = edge_buckets(replicas)
+    return EdgeStore(commands=await ensure_bucket(js, commands), agents=await ensure_bucket(js, agents))
+
+
+@dataclass(frozen=True, slots=True)
+class MiniAppStore:
+    sessions: Bucket
+    presence: Bucket
+
+
+async def ensure_miniapp(
+    js: JetStreamContext, replicas: int, history: int, max_value_bytes: int
+) -> MiniAppStore:
+    sessions = await ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=subjects.MINIAPP_SESSIONS_BUCKET,
+            history=history,
+            max_value_size=max_value_bytes,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            direct=True,
+            # No delete markers here: nothing watches a session without sockets, and nats-server
+            # raises a first write's TTL to the marker TTL when history > 1.
+        ),
+    )
+    presence = await ensure_bucket(
+        js,
+        KeyValueConfig(
+            bucket=subjects.MINIAPP_PRESENCE_BUCKET,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            direct=True,
+            limit_marker_ttl=MARKER_TTL_S,
+        ),
+    )
+    return MiniAppStore(sessions=sessions, presence=presence)

@@ -1,0 +1,1 @@
+"""What every service process runs on: settings, logs, metrics, tasks, limits, sockets, lifecycle."""

@@ -1,0 +1,283 @@
+"""One server-side WebSocket: the reader, one writer task with a bounded outbox, and one close.
+
+The socket's own task reads; every frame out goes through the outbox to the single writer task,
+so no two places ever write to the socket (aiohttp shares one drain waiter per connection, and
+concurrent writers cancelling each other's waits is how frames and closes used to get lost).
+Anything may ask for the socket to close (`close_soon`: slow consumer, expired token, replaced,
+drain); the writer performs the close, after which the reader sees the socket end. A peer too
+slow to read is cut off (1013): the gateway never buffers without bound for one client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import WSMsgType, web
+
+from shared.protocol.errors import CloseCode
+from shared.runtime.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+# A close waits this long for the peer's close frame.
+CLOSE_TIMEOUT_S = 2.0
+# A peer that has not read its backlog (and our close frame behind it) this long after the close
+# has its connection cut, or its buffers would be held until TCP gives up.
+ABORT_AFTER_S = 10.0
+
+
+class SlowConsumer(Exception):
+    """The socket's queue is over its limits; the connection must be closed with 1013."""
+
+
+class Outbox:
+    """A socket's queue of outgoing frames, bounded in frames and bytes.
+
+    Frames of the `droppable` kind (MiniApp `typing`: stale the moment they are late) are the first
+    to go when the reader falls behind.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_frames",
+        "_ready",
+        "drop_after",
+        "droppable",
+        "max_bytes",
+        "max_frames",
+    )
+
+    def __init__(self, max_frames: int, max_bytes: int, droppable: str = "", drop_after: int = 0) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.droppable = droppable
+        self.drop_after = drop_after
+        self._frames: deque[tuple[str, bytes]] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def put(self, kind: str, data: bytes) -> bool:
+        """Queue a frame; False when it was dropped (droppable behind a backlog, or closed).
+
+        Raises `SlowConsumer` when the queue would stay over its limits even without droppables.
+        """
+        if self._closed or (kind == self.droppable and len(self._frames) >= self.drop_after):
+            return False
+        self._frames.append((kind, data))
+        self._bytes += len(data)
+        if self._over():
+            self._drop_droppable()
+            if self._over():
+                raise SlowConsumer(f"{len(self._frames)} frames, {self._bytes} bytes waiting")
+        self._ready.set()
+        return True
+
+    async def get(self) -> tuple[str, bytes] | None:
+        """The next frame; None once the outbox is closed and empty."""
+        while not self._frames:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        kind, data = self._frames.popleft()
+        self._bytes -= len(data)
+        return kind, data
+
+    def close(self, discard: bool = False) -> None:
+        """Take nothing more; what is queued is still sent, unless `discard`."""
+        self._closed = True
+        if discard:
+            self._frames.clear()
+            self._bytes = 0
+        self._ready.set()
+
+    def _over(self) -> bool:
+        return len(self._frames) > self.max_frames or self._bytes > self.max_bytes
+
+    def _drop_droppable(self) -> None:
+        if not self.droppable:
+            return
+        kept = deque(item for item in self._frames if item[0] != self.droppable)
+        self._bytes = sum(len(data) for _, data in kept)
+        self._frames = kept
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    code: int
+    reason: str
+
+
+class ServerSocket:
+    """Per-socket state is kept small on purpose: tens of thousands live in one process."""
+
+    __slots__ = (
+        "_interrupted",
+        "_sending",
+        "_writer",
+        "close_request",
+        "metrics",
+        "outbox",
+        "transport",
+        "write_timeout_s",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+        outbox: Outbox,
+        metrics: GatewayMetrics,
+        write_timeout_s: float,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.outbox = outbox
+        self.metrics = metrics
+        self.write_timeout_s = write_timeout_s
+        self.close_request: CloseRequest | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._sending = False
+        self._interrupted = False
+
+    @property
+    def closing(self) -> bool:
+        return self.close_request is not None or self.ws.closed
+
+    @property
+    def close_code(self) -> int:
+        """The code this side closed with, else the peer's (1006 when there was none)."""
+        if self.close_request is not None:
+            return self.close_request.code
+        return self.ws.close_code or CloseCode.ABNORMAL
+
+    def send(self, kind: str, frame: bytes) -> bool:
+        """Queue one frame for the writer; False when it will not be sent. A socket too far behind
+        is closed with 1013."""
+        if self.close_request is not None:
+            return False
+        try:
+            queued = self.outbox.put(kind, frame)
+        except SlowConsumer as err:
+            log.info("closing a slow consumer: %s", err)
+            self.metrics.slow_consumer_closes.inc()
+            self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow to read")
+            return False
+        if not queued:
+            self.metrics.frames_dropped.labels(type=kind).inc()
+        return queued
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Ask for the socket to be closed with `code`; the first request wins."""
+        if self.close_request is not None:
+            return
+        self.close_request = CloseRequest(int(code), reason)
+        # Frames queued before the close still go out first, but not to a peer that does not read.
+        slow = code == CloseCode.TRY_AGAIN_LATER
+        self.outbox.close(discard=slow)
+        if slow and self._sending and self._writer is not None:
+            self._interrupted = True
+            self._writer.cancel()
+
+    async def run(self, read: Callable[[], Awaitable[None]]) -> None:
+        """Read with `read` in this task, write in one other; return once the socket is closed."""
+        self._writer = asyncio.create_task(self._write_loop())
+        try:
+            await read()
+        finally:
+            if self.ws.closed:
+                self.outbox.close(discard=True)  # the peer closed: nothing left to send
+            else:
+                self.close_soon(CloseCode.NORMAL, "")
+            done, _ = await asyncio.wait({self._writer}, timeout=CLOSE_TIMEOUT_S + 1.0)
+            if not done:
+                self._writer.cancel()
+                self._abort()
+
+    async def read_frames(
+        self,
+        on_frame: Callable[[bytes], Awaitable[None]],
+        max_frame_bytes: int,
+        idle_timeout_s: float | None = None,
+    ) -> None:
+        """Hand each data frame to `on_frame` until the socket ends or a close is asked for.
+
+        Over `max_frame_bytes` closes with 1009; nothing received for `idle_timeout_s`, with 1001.
+        """
+        ws = self.ws
+        while self.close_request is None:
+            try:
+                msg = await ws.receive(timeout=idle_timeout_s)
+            except TimeoutError:
+                self.close_soon(CloseCode.GOING_AWAY, "idle timeout")
+                return
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                raw = msg.data.encode() if isinstance(msg.data, str) else msg.data
+                if len(raw) > max_frame_bytes:
+                    self.close_soon(CloseCode.MESSAGE_TOO_BIG, "frame too big")
+                    return
+                await on_frame(raw)
+            else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has closed the socket)
+                return
+
+    async def _write_loop(self) -> None:
+        try:
+            while (item := await self.outbox.get()) is not None:
+                kind, frame = item
+                self._sending = True
+                try:
+                    async with asyncio.timeout(self.write_timeout_s):
+                        await self.ws.send_frame(frame, WSMsgType.TEXT)
+                finally:
+                    self._sending = False
+                self.metrics.frames_out.labels(type=kind).inc()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._interrupted or task is None:
+                raise
+            task.uncancel()
+        except TimeoutError:
+            self.metrics.slow_consumer_closes.inc()
+            self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow to read")
+        except (ConnectionError, RuntimeError):
+            pass  # the peer is gone; the close below only tidies up
+        await self._close()
+
+    async def _close(self) -> None:
+        request = self.close_request or CloseRequest(CloseCode.NORMAL, "")
+        if not self.ws.closed:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.ws.close(code=request.code, message=request.reason.encode()[:120], drain=False)
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                # aiohttp shares one drain waiter per connection: the send we interrupted cancelled
+                # it, and this close sees that. Only a cancellation of this task is real.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+            except (ConnectionError, RuntimeError):
+                pass
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            # The close frame waits behind data the peer has not read: give it a while, then cut.
+            asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
