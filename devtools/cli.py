@@ -15,31 +15,16 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import nats
-from nats.aio.client import Client as NATS
 
 from devtools import miniapp_cli
+from devtools.console import nats_client, print_json
 from shared.auth import DEV_EDGE_SECRET, generate_edge_token
 from shared.client import CommandClient, Submitted
 from shared.protocol.commands import TERMINAL
 from shared.protocol.errors import IkiroError
-
-
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, default=str), flush=True)
-
-
-@asynccontextmanager
-async def _nats(url: str) -> AsyncIterator[NATS]:
-    nc = await nats.connect(url.split(","), connect_timeout=3, max_reconnect_attempts=2)
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 async def cmd_token(args: argparse.Namespace) -> int:
@@ -48,13 +33,13 @@ async def cmd_token(args: argparse.Namespace) -> int:
 
 
 async def cmd_submit(args: argparse.Namespace) -> int:
-    async with _nats(args.nats) as nc:
+    async with nats_client(args.nats) as nc:
         client = CommandClient(nc)
 
         async def submit() -> Submitted:
             payload = json.loads(args.payload)
             sub = await client.submit(args.agent, args.type, payload, priority=args.priority, ttl_s=args.ttl)
-            _print({"command_id": sub.command_id, "state": sub.state, "duplicate": sub.duplicate})
+            print_json({"command_id": sub.command_id, "state": sub.state, "duplicate": sub.duplicate})
             return sub
 
         if args.no_follow:
@@ -67,27 +52,27 @@ async def cmd_submit(args: argparse.Namespace) -> int:
                 async for event in events:
                     if event.command_id != sub.command_id:
                         continue
-                    _print(event.model_dump(mode="json"))
+                    print_json(event.model_dump(mode="json"))
                     if event.state in TERMINAL:
                         return 0 if event.state == "completed" else 1
     return 1
 
 
 async def cmd_get(args: argparse.Namespace) -> int:
-    async with _nats(args.nats) as nc:
-        _print((await CommandClient(nc).get(args.command_id)).public())
+    async with nats_client(args.nats) as nc:
+        print_json((await CommandClient(nc).get(args.command_id)).public())
     return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    async with _nats(args.nats) as nc:
-        _print((await CommandClient(nc).cancel(args.command_id)).public())
+    async with nats_client(args.nats) as nc:
+        print_json((await CommandClient(nc).cancel(args.command_id)).public())
     return 0
 
 
 async def cmd_agent(args: argparse.Namespace) -> int:
-    async with _nats(args.nats) as nc:
-        _print((await CommandClient(nc).agent(args.agent)).model_dump())
+    async with nats_client(args.nats) as nc:
+        print_json((await CommandClient(nc).agent(args.agent)).model_dump())
     return 0
 
 
@@ -100,7 +85,7 @@ async def cmd_sim_agent(args: argparse.Namespace) -> int:
         secret=args.secret,
         fail=args.fail,
         poll_interval_s=args.poll_interval,
-        on_event=lambda kind, data: _print({"event": kind, **data}),
+        on_event=lambda kind, data: print_json({"event": kind, **data}),
     )
     await agent.run()
     return 0

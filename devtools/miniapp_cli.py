@@ -3,7 +3,9 @@
 ikiro miniapp-token --user U             mint a dev MiniApp JWT (HS256, SUPABASE_JWT_SECRET)
 ikiro miniapp-join SESSION --user U      join a session; print every frame as a JSON line
 ikiro miniapp-push SESSION --patch JSON  apply a server-sourced state update over NATS
-ikiro miniapp-get SESSION                show a session's state, version and peers
+ikiro miniapp-get SESSION                show a session's state, version, peers and members
+ikiro miniapp-members SESSION [--set U ... | --clear]
+                                         show or set who may join (--clear: every authenticated user)
 """
 
 from __future__ import annotations
@@ -12,21 +14,16 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from dataclasses import asdict
 
 import aiohttp
-import nats
 
+from devtools.console import nats_client, print_json
 from devtools.devstack import DEV_JWT_SECRET
-from shared.broker.connection import request
-from shared.protocol import subjects
+from shared.client import SessionClient
 from shared.supabase import mint_dev_token
 
 DEFAULT_USER = "dev-user"
-
-
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, default=str), flush=True)
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -51,15 +48,15 @@ async def cmd_miniapp_join(args: argparse.Namespace) -> int:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT:
                 try:
-                    _print(json.loads(msg.data))
+                    print_json(json.loads(msg.data))
                 except ValueError:
-                    _print({"unparsed": msg.data})
+                    print_json({"unparsed": msg.data})
             elif msg.type is aiohttp.WSMsgType.CLOSE:
                 reason = msg.extra or ""
                 break
             elif msg.type is not aiohttp.WSMsgType.BINARY:
                 break
-        _print({"closed": ws.close_code, "reason": reason})
+        print_json({"closed": ws.close_code, "reason": reason})
         return 0 if ws.close_code in (1000, 1001, 1012) else 1
 
 
@@ -68,23 +65,25 @@ async def cmd_miniapp_push(args: argparse.Namespace) -> int:
     if not isinstance(patch, dict):
         print("error: --patch must be a JSON object", file=sys.stderr)
         return 2
-    body: dict[str, Any] = {"session_id": args.session, "patch": patch}
-    if args.base_version is not None:
-        body["base_version"] = args.base_version
-    nc = await nats.connect(args.nats.split(","), connect_timeout=3, max_reconnect_attempts=2)
-    try:
-        _print(await request(nc, subjects.MINIAPP_STATE_UPDATE, body))
-    finally:
-        await nc.close()
+    async with nats_client(args.nats) as nc:
+        print_json({"version": await SessionClient(nc).update(args.session, patch, args.base_version)})
     return 0
 
 
 async def cmd_miniapp_get(args: argparse.Namespace) -> int:
-    nc = await nats.connect(args.nats.split(","), connect_timeout=3, max_reconnect_attempts=2)
-    try:
-        _print(await request(nc, subjects.MINIAPP_GET, {"session_id": args.session}))
-    finally:
-        await nc.close()
+    async with nats_client(args.nats) as nc:
+        print_json(asdict(await SessionClient(nc).get(args.session)))
+    return 0
+
+
+async def cmd_miniapp_members(args: argparse.Namespace) -> int:
+    async with nats_client(args.nats) as nc:
+        sessions = SessionClient(nc)
+        if args.clear or args.set is not None:
+            reply = await sessions.set_members(args.session, None if args.clear else args.set)
+            print_json(reply.model_dump())
+        else:
+            print_json({"members": await sessions.members(args.session)})
     return 0
 
 
@@ -125,4 +124,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p = subparsers.add_parser("miniapp-get", help="show a MiniApp session")
     p.set_defaults(handler=cmd_miniapp_get)
     p.add_argument("session")
+    p.add_argument("--nats", default=nats_url)
+
+    p = subparsers.add_parser("miniapp-members", help="show or set who may join a MiniApp session")
+    p.set_defaults(handler=cmd_miniapp_members)
+    p.add_argument("session")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--set", nargs="*", metavar="USER_ID", help="only these users may join")
+    who.add_argument("--clear", action="store_true", help="every authenticated user may join")
     p.add_argument("--nats", default=nats_url)

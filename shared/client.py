@@ -1,4 +1,4 @@
-"""A small typed client of the command dispatcher for internal services.
+"""Typed clients of the internal NATS API for backend services: commands and MiniApp sessions.
 
 client = CommandClient(nc)
 async with client.lifecycle(command_id=cid) as events:   # subscribe first, then submit
@@ -27,6 +27,7 @@ from shared.protocol.agents import AgentInfo
 from shared.protocol.commands import LIFECYCLE_EVENT, CommandRecord, LifecycleEvent
 from shared.protocol.edge import CommandType, Priority
 from shared.protocol.errors import InvalidRequest
+from shared.protocol.miniapp import ConfigureReply, GetReply, Peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +116,48 @@ class CommandClient:
             yield events()
         finally:
             await sub.unsubscribe()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    state: dict[str, Any]
+    version: int
+    connection_count: int
+    peers: list[Peer]
+    members: list[str] | None
+
+
+class SessionClient:
+    """MiniApp sessions for backend services: state, server-sourced updates, and who may join."""
+
+    def __init__(self, nc: NATS, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+
+    async def get(self, session_id: str) -> SessionInfo:
+        reply = GetReply.model_validate(
+            await request(self.nc, subjects.MINIAPP_GET, {"session_id": session_id}, self.timeout_s)
+        )
+        return SessionInfo(reply.state, reply.version, reply.connection_count, reply.peers, reply.members)
+
+    async def update(self, session_id: str, patch: dict[str, Any], base_version: int | None = None) -> int:
+        """Apply a server-sourced JSON Merge Patch; returns the new version."""
+        body: dict[str, Any] = {"session_id": session_id, "patch": patch}
+        if base_version is not None:
+            body["base_version"] = base_version
+        reply = await request(self.nc, subjects.MINIAPP_STATE_UPDATE, body, self.timeout_s)
+        return int(reply["version"])
+
+    async def set_members(self, session_id: str, members: list[str] | None) -> ConfigureReply:
+        """Only these users may join (None: every authenticated user); the others are closed (4003)."""
+        body = {"session_id": session_id, "members": members}
+        return ConfigureReply.model_validate(
+            await request(self.nc, subjects.MINIAPP_CONFIGURE, body, self.timeout_s)
+        )
+
+    async def members(self, session_id: str) -> list[str] | None:
+        return (await self.get(session_id)).members
+
+    async def clear_members(self, session_id: str) -> ConfigureReply:
+        """Open the session to every authenticated user."""
+        return await self.set_members(session_id, None)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
 from shared.protocol.miniapp import MAX_CONNECTIONS_PER_SESSION, MAX_FRAME_BYTES, MAX_STATE_BYTES
-from shared.runtime.config import ServiceSettings
+from shared.runtime.config import Environment, ServiceSettings
 
 
 class MiniAppSettings(ServiceSettings):
@@ -24,6 +24,9 @@ class MiniAppSettings(ServiceSettings):
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     # Token `role` claims allowed into sessions; another role is closed with 4003.
     miniapp_allowed_roles: tuple[str, ...] = ("authenticated",)
+    # Who may join a session nobody configured: only listed members (the default in production)
+    # or any authenticated user (the default elsewhere). DESIGN section 5, "Who may join".
+    miniapp_session_access: Literal["members", "open"] | None = None
 
     # Contract limits (DESIGN section 5).
     max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=1024)
@@ -50,6 +53,13 @@ class MiniAppSettings(ServiceSettings):
     # Revisions of a session kept in JetStream: how far a replica's watcher may lag.
     session_history: int = Field(default=16, ge=2, le=64)
     ws_heartbeat_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def open_by_default(self) -> bool:
+        """Whether a session without a member list admits every authenticated user."""
+        if self.miniapp_session_access is None:
+            return self.environment is not Environment.PRODUCTION
+        return self.miniapp_session_access == "open"
 
     @model_validator(mode="after")
     def _needs_a_key(self) -> Self:

@@ -17,6 +17,7 @@ from shared.broker.connection import serve_requests
 from shared.broker.streams import ensure_miniapp
 from shared.protocol import subjects
 from shared.protocol.errors import CloseCode
+from shared.protocol.miniapp import MAX_MEMBERS_BYTES
 from shared.runtime.service import new_task_owner
 from shared.runtime.tasks import KeyedWorkers
 from shared.supabase import Jwks, SupabaseVerifier
@@ -65,7 +66,8 @@ class Gateway:
             self.nc.jetstream(),
             settings.jetstream_replicas,
             settings.session_history,
-            settings.max_state_bytes + settings.max_frame_bytes + 4096,
+            # A record holds the state, the patch that made it and the member list.
+            settings.max_state_bytes + settings.max_frame_bytes + MAX_MEMBERS_BYTES + 4096,
         )
         state = StateStore(
             store.sessions, self.metrics, settings.max_state_bytes, settings.session_idle_ttl_s
@@ -79,7 +81,13 @@ class Gateway:
             settings.presence_ttl_s,
         )
         self.hub = Hub(
-            self.nc, state, presence, self.metrics, self.tasks, settings.max_connections_per_session
+            self.nc,
+            state,
+            presence,
+            self.metrics,
+            self.tasks,
+            settings.max_connections_per_session,
+            settings.open_by_default,
         )
         self.ctx = Context(self.nc, state, self.verifier, self.metrics)
         await presence.start()

@@ -11,7 +11,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from shared.protocol import codec, subjects
-from shared.protocol.errors import ErrorCode, IkiroError, error_body
+from shared.protocol.errors import CloseCode, ErrorCode, IkiroError, error_body
 from shared.protocol.miniapp import (
     ActionFrame,
     ActionNotice,
@@ -29,7 +29,7 @@ from shared.supabase import SupabaseVerifier, TokenError
 
 from .connection import Connection
 from .metrics import MiniAppGatewayMetrics
-from .sessions import LocalSession
+from .sessions import NOT_A_MEMBER, LocalSession
 from .state import StateStore
 
 PONG = codec.encode("pong", {})
@@ -97,6 +97,10 @@ async def handle_auth(ctx: Context, conn: Connection, session: LocalSession, fra
         return
     if claims.sub != conn.user_id:
         conn.send_error(TokenError("token is for another user"))
+        return
+    if not session.admits(conn.user_id):
+        # Removed from the session meanwhile: a fresh token does not bring the user back.
+        conn.close_soon(CloseCode.FORBIDDEN, NOT_A_MEMBER)
         return
     conn.expire_at(claims.exp, ctx.verifier.leeway_s)
     conn.send("auth_ok", codec.encode("auth_ok", AuthOkData(expires_at=claims.exp)))

@@ -23,7 +23,7 @@ from shared.runtime.tasks import TaskOwner
 from .connection import Connection
 from .metrics import MiniAppGatewayMetrics
 from .presence import NATS_ERRORS, Presence
-from .sessions import LocalSession
+from .sessions import NOT_A_MEMBER, LocalSession
 from .state import StateStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class SessionFull(IkiroError):
     """The session already holds its maximum number of connections (close 4029)."""
+
+
+class NotMember(IkiroError):
+    """The session's member list does not name the user (close 4003)."""
 
 
 class Hub:
@@ -42,6 +46,7 @@ class Hub:
         metrics: MiniAppGatewayMetrics,
         owner: TaskOwner,
         max_connections: int,
+        open_by_default: bool,
     ) -> None:
         self.nc = nc
         self.store = store
@@ -49,6 +54,7 @@ class Hub:
         self.metrics = metrics
         self.owner = owner
         self.max_connections = max_connections
+        self.open_by_default = open_by_default
         self.sessions: dict[str, LocalSession] = {}
         self.connections: set[Connection] = set()
         self.all_left = asyncio.Event()
@@ -58,11 +64,14 @@ class Hub:
         presence.on_fenced = self._fenced
 
     async def join(self, conn: Connection) -> LocalSession:
-        """Admit `conn` into its session and queue its `connected` frame, or raise `SessionFull`."""
+        """Admit `conn` into its session and queue its `connected` frame, or raise `NotMember` or
+        `SessionFull` before anything of the session reaches it or anyone sees it."""
         session = await self._acquire(conn.session_id)
         replica_id = conn.replica_id = self.presence.replica_id
         written = False
         try:
+            if not session.admits(conn.user_id) and not await self._admitted_by_store(conn):
+                raise NotMember(NOT_A_MEMBER)
             revision = await self.presence.add(conn.session_id, conn.connection_id, conn.user_id)
             written = True
             await session.wait_seen(revision)
@@ -111,6 +120,11 @@ class Hub:
             if not self.connections:
                 self.all_left.set()
 
+    async def _admitted_by_store(self, conn: Connection) -> bool:
+        """A refusal is checked once against the stored record: the watched one may lag a configure."""
+        record, _ = await self.store.load(conn.session_id, fresh=True)
+        return record.admits(conn.user_id, self.open_by_default)
+
     async def _acquire(self, session_id: str) -> LocalSession:
         lock = self._locks.get(session_id)
         if lock is None:
@@ -119,7 +133,13 @@ class Hub:
             session = self.sessions.get(session_id)
             if session is None or session.closed:
                 session = LocalSession(
-                    session_id, self.nc, self.store, self.presence, self.metrics, self.owner
+                    session_id,
+                    self.nc,
+                    self.store,
+                    self.presence,
+                    self.metrics,
+                    self.owner,
+                    self.open_by_default,
                 )
                 try:
                     await session.start()

@@ -11,8 +11,10 @@ from shared.broker.connection import Handler
 from shared.protocol import subjects
 from shared.protocol.commands import parse_request
 from shared.protocol.miniapp import (
+    CONFIGURE_REQUEST,
     GET_REQUEST,
     STATE_UPDATE_REQUEST,
+    ConfigureReply,
     GetReply,
     Peer,
     Source,
@@ -32,6 +34,7 @@ class InternalApi:
         return {
             subjects.MINIAPP_STATE_UPDATE: self.handle_state_update,
             subjects.MINIAPP_GET: self.handle_get,
+            subjects.MINIAPP_CONFIGURE: self.handle_configure,
         }
 
     async def handle_state_update(self, body: bytes) -> dict[str, Any]:
@@ -48,14 +51,35 @@ class InternalApi:
         return StateUpdateReply(version=record.version).model_dump()
 
     async def handle_get(self, body: bytes) -> dict[str, Any]:
-        """The session's state, version and who is connected, across every replica."""
+        """The session's state, version, members and who is connected, across every replica."""
         request = parse_request(GET_REQUEST, body)
         record, _ = await self.store.load(request.session_id)
-        session = self.hub.sessions.get(request.session_id)
-        if session is not None:
-            peers = session.peers()
-        else:
-            members = await self.hub.presence.scan_session(request.session_id)
-            peers = [Peer(user_id=m.user_id, connection_id=m.connection_id) for m in members]
-        reply = GetReply(state=record.state, version=record.version, connection_count=len(peers), peers=peers)
+        peers = await self._peers(request.session_id)
+        reply = GetReply(
+            state=record.state,
+            version=record.version,
+            connection_count=len(peers),
+            peers=peers,
+            members=record.members,
+        )
         return reply.model_dump(mode="json")
+
+    async def handle_configure(self, body: bytes) -> dict[str, Any]:
+        """Set who may join; every replica closes (4003) the connections of users no longer listed."""
+        request = parse_request(CONFIGURE_REQUEST, body)
+        before, after = await self.store.configure(request.session_id, request.members)
+        open_by_default = self.hub.open_by_default
+        closed = sum(
+            1
+            for peer in await self._peers(request.session_id)
+            if before.admits(peer.user_id, open_by_default)
+            and not after.admits(peer.user_id, open_by_default)
+        )
+        return ConfigureReply(members=after.members, closed=closed).model_dump(mode="json")
+
+    async def _peers(self, session_id: str) -> list[Peer]:
+        session = self.hub.sessions.get(session_id)
+        if session is not None:
+            return session.peers()
+        members = await self.hub.presence.scan_session(session_id)
+        return [Peer(user_id=m.user_id, connection_id=m.connection_id) for m in members]

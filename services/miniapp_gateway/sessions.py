@@ -49,6 +49,7 @@ from .state import StateStore
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_S = 10.0
+NOT_A_MEMBER = "not a member of this session"
 
 
 @dataclass(slots=True)
@@ -71,9 +72,11 @@ class LocalSession:
         presence: Presence,
         metrics: MiniAppGatewayMetrics,
         owner: TaskOwner,
+        open_by_default: bool,
     ) -> None:
         self.session_id = session_id
         self.owner = owner
+        self.open_by_default = open_by_default
         self.nc = nc
         self.store = store
         self.presence = presence
@@ -189,7 +192,10 @@ class LocalSession:
                         self.close_all(CloseCode.SERVICE_RESTART, "session reset")
                     self.record = SessionRecord()
                     continue
+                before = self.record
                 self._apply_record(SESSION_RECORD.validate_json(entry.value or b"{}"))
+                if (before.configured, before.members) != (self.record.configured, self.record.members):
+                    self._expel_non_members()
         finally:
             await stop_watcher(watcher)
 
@@ -216,6 +222,16 @@ class LocalSession:
         )
         self.broadcast("state_update", codec.encode("state_update", data))
         self.metrics.fanout.observe(max(0.0, time.time() - record.at))
+
+    def admits(self, user_id: str) -> bool:
+        """Whether `user_id` may be in the session, as this replica's view of it says."""
+        return self.record.admits(user_id, self.open_by_default)
+
+    def _expel_non_members(self) -> None:
+        """The member list changed: whoever it no longer admits is closed (and reported `left`)."""
+        for conn in list(self.connections.values()):
+            if not self.admits(conn.user_id):
+                conn.close_soon(CloseCode.FORBIDDEN, NOT_A_MEMBER)
 
     async def _keep_alive(self) -> None:
         """Renew the idle TTL of a session that has sockets but no updates."""

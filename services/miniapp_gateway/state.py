@@ -34,9 +34,9 @@ class StateStore:
         self.idle_ttl_s = idle_ttl_s
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    async def load(self, session_id: str) -> tuple[SessionRecord, int]:
+    async def load(self, session_id: str, fresh: bool = False) -> tuple[SessionRecord, int]:
         """The session's record and revision; an empty version-0 record for a new session."""
-        found = await self.bucket.get(session_id, SESSION_RECORD)
+        found = await self.bucket.get(session_id, SESSION_RECORD, fresh)
         return found or (SessionRecord(), 0)
 
     async def apply(
@@ -100,6 +100,8 @@ class StateStore:
                 connection_id=connection_id,
                 client_msg_id=client_msg_id,
                 at=time.time(),
+                configured=current.configured,
+                members=current.members,
             )
 
         done = await compare_and_set(
@@ -113,6 +115,30 @@ class StateStore:
         )
         assert done is not None
         return done[0]
+
+    async def configure(
+        self, session_id: str, members: list[str] | None
+    ) -> tuple[SessionRecord, SessionRecord]:
+        """Set who may join (None: every authenticated user); the record before and after."""
+
+        def configured(current: SessionRecord | None) -> SessionRecord:
+            current = current or SessionRecord()
+            listed = list(dict.fromkeys(members)) if members is not None else None
+            return current.model_copy(
+                update={"patch": None, "at": time.time(), "configured": True, "members": listed}
+            )
+
+        done = await compare_and_set(
+            self.bucket,
+            session_id,
+            SESSION_RECORD,
+            configured,
+            ttl_s=self.idle_ttl_s,
+            on_conflict=self.metrics.write_conflicts.inc,
+        )
+        assert done is not None
+        new, old, _ = done
+        return old or SessionRecord(), new
 
     async def touch(self, session_id: str, current: SessionRecord, revision: int) -> None:
         """Renew the idle TTL of a session that still has connections (same version, no patch)."""

@@ -22,7 +22,7 @@ from shared.supabase import TokenError
 
 from .connection import Connection
 from .gateway import GATEWAY, Gateway
-from .hub import SessionFull
+from .hub import NotMember, SessionFull
 from .presence import NATS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ async def _serve_socket(request: web.Request, gateway: Gateway) -> web.WebSocket
     )
     try:
         session = await gateway.hub.join(conn)
+    except NotMember as err:
+        return await _refuse(ws, gateway, "forbidden", CloseCode.FORBIDDEN, err.message)
     except SessionFull:
         return await _refuse(ws, gateway, "session_full", CloseCode.SESSION_FULL, "session full")
     except NATS_ERRORS as err:

@@ -31,10 +31,23 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> Bucket:
+    """Create the bucket, or bring an existing one's limits to `config`."""
     try:
         kv = await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
         kv = await js.key_value(config.bucket)
+        info = await js.stream_info(f"KV_{config.bucket}")
+        stream = info.config
+        wanted = {
+            "max_msg_size": config.max_value_size or -1,
+            "max_msgs_per_subject": config.history,
+            "max_age": config.ttl or 0,
+            "num_replicas": config.replicas,
+        }
+        if any((getattr(stream, k) or 0) != (v or 0) for k, v in wanted.items()):
+            for k, v in wanted.items():
+                setattr(stream, k, v)
+            await js.update_stream(stream)
     return Bucket(js, kv, config.bucket, direct=bool(config.direct))
 
 

@@ -19,10 +19,17 @@ from shared.protocol.subjects import TOKEN_RE
 
 SessionId = Annotated[str, Field(pattern=TOKEN_RE.pattern)]
 ClientMsgId = Annotated[str, Field(min_length=1, max_length=128)]
+# A user id (a token's `sub`): 1 to 256 printable ASCII characters, no spaces.
+USER_ID_PATTERN = r"^[!-~]{1,256}$"
+UserId = Annotated[str, Field(pattern=USER_ID_PATTERN)]
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_STATE_BYTES = 256 * 1024
 MAX_CONNECTIONS_PER_SESSION = 200
+# Members a session may list (DESIGN section 5, "Who may join").
+MAX_MEMBERS = 1000
+# What a member list can add to a session record: every id at its longest, quoted, with commas.
+MAX_MEMBERS_BYTES = MAX_MEMBERS * (256 + 3) + 64
 
 
 class Source(StrEnum):
@@ -182,6 +189,19 @@ class GetReply(BaseModel):
     version: int
     connection_count: int
     peers: list[Peer]
+    members: list[str] | None
+
+
+class ConfigureRequest(BaseModel):
+    """Who may join the session: a list of user ids, or None for every authenticated user."""
+
+    session_id: SessionId
+    members: Annotated[list[UserId], Field(max_length=MAX_MEMBERS)] | None
+
+
+class ConfigureReply(BaseModel):
+    members: list[str] | None
+    closed: int  # connections closed because their user is no longer listed
 
 
 class PresenceNotice(BaseModel):
@@ -216,6 +236,7 @@ class TypingNotice(BaseModel):
 
 STATE_UPDATE_REQUEST: TypeAdapter[StateUpdateRequest] = TypeAdapter(StateUpdateRequest)
 GET_REQUEST: TypeAdapter[GetRequest] = TypeAdapter(GetRequest)
+CONFIGURE_REQUEST: TypeAdapter[ConfigureRequest] = TypeAdapter(ConfigureRequest)
 ACTION_NOTICE: TypeAdapter[ActionNotice] = TypeAdapter(ActionNotice)
 TYPING_NOTICE: TypeAdapter[TypingNotice] = TypeAdapter(TypingNotice)
 
@@ -224,9 +245,11 @@ TYPING_NOTICE: TypeAdapter[TypingNotice] = TypeAdapter(TypingNotice)
 
 
 class SessionRecord(BaseModel):
-    """The value of a session's key: the state after `version`, and the update that made it.
+    """The value of a session's key: the state after `version`, the update that made it, and who
+    may join.
 
-    `patch` is None for a record that only renews the session's idle TTL (same version).
+    `patch` is None for a record that changes no state (same version): one that only renews the
+    session's idle TTL, or sets its members.
     """
 
     state: dict[str, Any] = Field(default_factory=dict)
@@ -237,6 +260,16 @@ class SessionRecord(BaseModel):
     connection_id: str | None = None
     client_msg_id: str | None = None
     at: float = 0.0  # unix seconds when the update was accepted
+    # Set by `miniapp.sessions.configure`: the listed users may join (None: every authenticated
+    # user). An unconfigured session follows MINIAPP_SESSION_ACCESS.
+    configured: bool = False
+    members: list[str] | None = None
+
+    def admits(self, user_id: str, open_by_default: bool) -> bool:
+        """Whether `user_id` may be in this session."""
+        if not self.configured:
+            return open_by_default
+        return self.members is None or user_id in self.members
 
 
 class ConnectionStatus(StrEnum):

@@ -96,6 +96,7 @@ def agent_key(kind: str, edge_agent_id: str) -> str:
 # --- MiniApp ---
 MINIAPP_STATE_UPDATE = "miniapp.sessions.state_update"
 MINIAPP_GET = "miniapp.sessions.get"
+MINIAPP_CONFIGURE = "miniapp.sessions.configure"
 MINIAPP_QUEUE_GROUP = "miniapp_gateway"
 
 
