@@ -16,13 +16,14 @@ import weakref
 
 from nats.aio.client import Client as NATS
 
+from shared.broker.leases import NATS_ERRORS
 from shared.protocol.errors import CloseCode, IkiroError
 from shared.protocol.miniapp import ConnectionRecord, ConnectionStatus, PresenceEvent
 from shared.runtime.tasks import TaskOwner
 
 from .connection import Connection
 from .metrics import MiniAppGatewayMetrics
-from .presence import NATS_ERRORS, Presence
+from .presence import Presence
 from .sessions import NOT_A_MEMBER, LocalSession
 from .state import StateStore
 
@@ -60,8 +61,8 @@ class Hub:
         self.all_left = asyncio.Event()
         self.all_left.set()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        presence.on_death.append(self._replica_died)
-        presence.on_fenced = self._fenced
+        presence.leases.on_death.append(self._replica_died)
+        presence.leases.on_fenced = self._fenced
 
     async def join(self, conn: Connection) -> LocalSession:
         """Admit `conn` into its session and queue its `connected` frame, or raise `NotMember` or

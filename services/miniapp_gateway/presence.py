@@ -1,11 +1,10 @@
-"""Presence across replicas: replica leases, connection entries, and reaping of dead replicas.
+"""Presence across replicas: connection entries, alive as long as their replica's lease, and the
+reaping of dead replicas.
 
-Each replica holds a lease `r.<replica_id>` in the presence bucket, written with a per-message TTL
-and renewed by compare-and-set every heartbeat. Each connection has an entry
-`c.<replica_id>.<session_id>.<connection_id>` that lives as long as its replica's lease. When a
-replica dies its lease expires, the server leaves a delete marker, and:
+Each replica holds a lease (`shared.broker.leases`, keys `r.<replica_id>`). Each connection has an
+entry `c.<replica_id>.<session_id>.<connection_id>`. When a replica dies its lease expires and:
 
-- every replica watching the leases drops the dead replica's connections from its session views
+- every replica following the leases drops the dead replica's connections from its session views
   at once (`left` to its own sockets);
 - one replica, through a shared durable consumer on the leases, deletes the dead entries and
   publishes `left` on `miniapp.presence.<session_id>` for backend consumers.
@@ -19,16 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from shared.broker.kv import KV_OPERATION, MARKER_REASON, Bucket, WrongRevision, is_removal, stop_watcher
+from shared.broker.kv import KV_OPERATION, MARKER_REASON, Bucket, is_removal
+from shared.broker.leases import NATS_ERRORS, Leases
 from shared.protocol import codec, subjects
 from shared.protocol.miniapp import (
     CONNECTION_RECORD,
@@ -42,14 +38,6 @@ from shared.runtime.tasks import TaskOwner
 from .metrics import MiniAppGatewayMetrics
 
 log = logging.getLogger(__name__)
-
-DeathListener = Callable[[str], None]
-Fenced = Callable[[], Coroutine[Any, Any, None]]
-NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _cancelling() -> bool:
@@ -72,101 +60,25 @@ class Presence:
         self.metrics = metrics
         self.owner = owner
         self.heartbeat_s = heartbeat_s
-        self.ttl_s = ttl_s
-        self.replica_id = new_id()
-        self.live: set[str] = set()
-        self.dead: set[str] = set()
-        self.on_death: list[DeathListener] = []
-        self.on_fenced: Fenced | None = None
-        self._lease_rev = 0
-        self._leases_synced = asyncio.Event()
+        self.leases = Leases(bucket, owner, "presence", subjects.MINIAPP_LEASE_PREFIX, heartbeat_s, ttl_s)
 
-    # --- lifecycle ---
+    @property
+    def replica_id(self) -> str:
+        return self.leases.replica_id
 
     async def start(self) -> None:
-        await self._take_lease()
-        self.owner.keep("presence_lease_watch", self._watch_leases)
-        self.owner.keep("presence_heartbeat", self._heartbeat)
+        await self.leases.start()
         self.owner.keep("presence_reaper", self._reap_forever)
-        async with asyncio.timeout(10):
-            await self._leases_synced.wait()
 
     async def release(self) -> None:
-        """Drop this replica's lease (its tasks are stopped by then): the others reap at once."""
-        with contextlib.suppress(*NATS_ERRORS):
-            await self.bucket.delete(subjects.miniapp_lease_key(self.replica_id))
-
-    # --- this replica's lease ---
-
-    async def _take_lease(self) -> None:
-        key = subjects.miniapp_lease_key(self.replica_id)
-        body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
-        self._lease_rev = await self.bucket.write(key, body, 0, self.ttl_s)
-        self.live.add(self.replica_id)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            key = subjects.miniapp_lease_key(self.replica_id)
-            body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
-            try:
-                self._lease_rev = await self.bucket.write(key, body, self._lease_rev, self.ttl_s)
-            except WrongRevision:
-                await self._fenced()
-            except NATS_ERRORS as err:
-                log.warning("lease renewal failed: %s", err)
-
-    async def _fenced(self) -> None:
-        log.error("this replica's lease expired; closing its sockets", extra={"replica_id": self.replica_id})
-        if self.on_fenced is not None:
-            await self.on_fenced()
-        self.replica_id = new_id()
-        await self._take_lease()
-
-    # --- every replica's liveness ---
-
-    async def _watch_leases(self) -> None:
-        watcher = await self.bucket.kv.watch(subjects.MINIAPP_LEASES)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    self._leases_synced.set()
-                    continue
-                replica_id = subjects.parse_lease_key(entry.key)
-                if is_removal(entry.operation):
-                    self._mark_dead(replica_id)
-                elif replica_id not in self.dead:
-                    self.live.add(replica_id)
-        finally:
-            await stop_watcher(watcher)
-
-    def _mark_dead(self, replica_id: str) -> None:
-        if replica_id == self.replica_id or replica_id in self.dead:
-            return
-        self.live.discard(replica_id)
-        self.dead.add(replica_id)
-        for listener in self.on_death:
-            listener(replica_id)
+        await self.leases.release()
 
     def is_dead(self, replica_id: str) -> bool:
-        return replica_id in self.dead
+        return self.leases.is_dead(replica_id)
 
     def check_replica(self, replica_id: str) -> None:
-        """Learn whether a replica we hold no lease for is alive (an orphan entry's replica)."""
-        if replica_id in self.live or replica_id in self.dead:
-            return
-        self.live.add(replica_id)  # presumed alive until the lease read says otherwise
-        self.owner.spawn(self._check(replica_id), "presence_check_replica")
-
-    async def _check(self, replica_id: str) -> None:
-        try:
-            read = await self.bucket.read(subjects.miniapp_lease_key(replica_id), fresh=True)
-        except NATS_ERRORS:
-            self.live.discard(replica_id)  # ask again on its next entry
-            return
-        if read.value is None:
-            self._mark_dead(replica_id)
-            await self.reap(replica_id)
+        """An entry names a replica never seen alive: if it died before we started, reap it."""
+        self.leases.check(replica_id, self.reap)
 
     # --- connection entries ---
 
@@ -219,7 +131,7 @@ class Presence:
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=30,
             headers_only=True,
-            filter_subject=subjects.kv_subject(self.bucket.name, subjects.MINIAPP_LEASES),
+            filter_subject=subjects.kv_subject(self.bucket.name, f"{subjects.MINIAPP_LEASE_PREFIX}.*"),
         )
         sub = await self.bucket.js.pull_subscribe(
             config.filter_subject or "",
@@ -243,8 +155,7 @@ class Presence:
                 for msg in msgs:
                     headers = msg.headers or {}
                     if is_removal(headers.get(KV_OPERATION)) or MARKER_REASON in headers:
-                        replica_id = subjects.parse_lease_key(msg.subject)
-                        self._mark_dead(replica_id)
+                        replica_id = msg.subject.rsplit(".", 1)[-1]
                         try:
                             await self.reap(replica_id)
                         except NATS_ERRORS as err:

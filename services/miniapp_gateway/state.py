@@ -15,13 +15,15 @@ from typing import Any
 
 import orjson
 
-from shared.broker.kv import Bucket, WrongRevision, compare_and_set
+from shared.broker.kv import Bucket, ModelCodec, WrongRevision, compare_and_set
 from shared.protocol import codec
 from shared.protocol.errors import ErrorCode, IkiroError
 from shared.protocol.miniapp import SESSION_RECORD, SessionRecord, Source
 
 from .mergepatch import merge_patch
 from .metrics import MiniAppGatewayMetrics
+
+SESSION_CODEC = ModelCodec(SESSION_RECORD)
 
 
 class StateStore:
@@ -107,7 +109,7 @@ class StateStore:
         done = await compare_and_set(
             self.bucket,
             session_id,
-            SESSION_RECORD,
+            SESSION_CODEC,
             next_version,
             cached=cached,
             ttl_s=self.idle_ttl_s,
@@ -131,7 +133,7 @@ class StateStore:
         done = await compare_and_set(
             self.bucket,
             session_id,
-            SESSION_RECORD,
+            SESSION_CODEC,
             configured,
             ttl_s=self.idle_ttl_s,
             on_conflict=self.metrics.write_conflicts.inc,

@@ -15,6 +15,7 @@ import uuid
 
 from aiohttp import web
 
+from shared.broker.leases import NATS_ERRORS
 from shared.protocol.errors import CloseCode, ErrorCode
 from shared.protocol.subjects import is_token
 from shared.runtime.service import accepts_sockets
@@ -23,7 +24,6 @@ from shared.supabase import TokenError
 from .connection import Connection
 from .gateway import GATEWAY, Gateway
 from .hub import NotMember, SessionFull
-from .presence import NATS_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -120,11 +120,7 @@ MINIAPP_SESSIONS_BUCKET = "MINIAPP_SESSIONS"
 # connection entries "c.<replica_id>.<session_id>.<connection_id>", alive while their lease is.
 MINIAPP_PRESENCE_BUCKET = "MINIAPP_PRESENCE"
 MINIAPP_REAPER_CONSUMER = "miniapp_gateway_reaper"
-MINIAPP_LEASES = "r.*"
-
-
-def miniapp_lease_key(replica_id: str) -> str:
-    return f"r.{replica_id}"
+MINIAPP_LEASE_PREFIX = "r"
 
 
 def miniapp_connection_key(replica_id: str, session_id: str, connection_id: str) -> str:
@@ -137,11 +133,6 @@ def parse_connection_key(key: str) -> tuple[str, str, str] | None:
     if len(parts) != 4 or parts[0] != "c":
         return None
     return parts[1], parts[2], parts[3]
-
-
-def parse_lease_key(key: str) -> str:
-    """The replica id of a lease key (or of its stream subject)."""
-    return key.rsplit(".", 1)[-1]
 
 
 def miniapp_connections_of_session(session_id: str) -> str:

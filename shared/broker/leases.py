@@ -1,0 +1,136 @@
+"""Replica leases: which replicas of a service are alive, from a KV bucket.
+
+Each replica holds a key `<prefix>.<replica_id>` written with a per-message TTL and renewed by
+compare-and-set every heartbeat. A replica that dies stops renewing; its key expires, the server
+leaves a delete marker, and every replica following the prefix sees it gone at once. A replica
+whose own lease expired (cut off from NATS for longer than the TTL) is fenced: its renewal finds
+the revision changed, it says so (`on_fenced`) and starts over under a new replica id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+
+from shared.broker.kv import Bucket, Entry, Following, WrongRevision
+from shared.protocol import codec
+from shared.runtime.tasks import TaskOwner
+
+log = logging.getLogger(__name__)
+
+NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
+SYNC_TIMEOUT_S = 10.0
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Leases:
+    def __init__(
+        self, bucket: Bucket, owner: TaskOwner, name: str, prefix: str, heartbeat_s: float, ttl_s: int
+    ) -> None:
+        self.name = name  # for task names and logs
+        self.bucket = bucket
+        self.owner = owner
+        self.prefix = prefix
+        self.heartbeat_s = heartbeat_s
+        self.ttl_s = ttl_s
+        self.replica_id = new_id()
+        self.live: set[str] = set()
+        self.dead: set[str] = set()
+        self.on_change: list[Callable[[], None]] = []  # the live set changed
+        self.on_death: list[Callable[[str], None]] = []
+        self.on_fenced: Callable[[], Awaitable[None]] | None = None
+        self._revision = 0
+        self._following: Following | None = None
+
+    def key(self, replica_id: str) -> str:
+        return f"{self.prefix}.{replica_id}"
+
+    async def start(self) -> None:
+        await self._take()
+        self._following = await self.bucket.follow(f"{self.prefix}.*", self._on_entry)
+        self.owner.keep(f"{self.name}_heartbeat", self._heartbeat)
+        async with asyncio.timeout(SYNC_TIMEOUT_S):
+            await self._following.synced.wait()
+
+    async def release(self) -> None:
+        """Drop this replica's lease (its heartbeat is stopped by then): the others see it go at once."""
+        if self._following is not None:
+            await self._following.stop()
+        try:
+            await self.bucket.delete(self.key(self.replica_id))
+        except NATS_ERRORS as err:
+            log.info("lease not released: %s", err)
+
+    def is_dead(self, replica_id: str) -> bool:
+        return replica_id in self.dead
+
+    def check(self, replica_id: str, if_dead: Callable[[str], Awaitable[None]]) -> None:
+        """Learn whether a replica never seen alive still holds a lease (one a record names); if
+        not, it died before this replica started: mark it dead and run `if_dead`."""
+        if replica_id in self.live or replica_id in self.dead:
+            return
+        self.live.add(replica_id)  # presumed alive until the lease read says otherwise
+        self.owner.spawn(self._check(replica_id, if_dead), f"{self.name}_check")
+
+    async def _check(self, replica_id: str, if_dead: Callable[[str], Awaitable[None]]) -> None:
+        try:
+            read = await self.bucket.read(self.key(replica_id), fresh=True)
+        except NATS_ERRORS:
+            self.live.discard(replica_id)  # ask again next time
+            return
+        if read.value is None:
+            self._mark_dead(replica_id)
+            await if_dead(replica_id)
+
+    async def _take(self) -> None:
+        body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
+        self._revision = await self.bucket.write(self.key(self.replica_id), body, 0, self.ttl_s)
+        self._set_live(self.replica_id)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
+            try:
+                self._revision = await self.bucket.write(
+                    self.key(self.replica_id), body, self._revision, self.ttl_s
+                )
+            except WrongRevision:
+                log.error("%s lease expired", self.name, extra={"replica_id": self.replica_id})
+                if self.on_fenced is not None:
+                    await self.on_fenced()
+                self.replica_id = new_id()
+                await self._take()
+            except NATS_ERRORS as err:
+                log.warning("lease renewal failed: %s", err)
+
+    def _on_entry(self, entry: Entry) -> None:
+        replica_id = entry.key.rsplit(".", 1)[-1]
+        if entry.value is None:
+            self._mark_dead(replica_id)
+        elif replica_id not in self.dead:
+            self._set_live(replica_id)
+
+    def _set_live(self, replica_id: str) -> None:
+        if replica_id not in self.live:
+            self.live.add(replica_id)
+            for changed in self.on_change:
+                changed()
+
+    def _mark_dead(self, replica_id: str) -> None:
+        if replica_id == self.replica_id or replica_id in self.dead:
+            return
+        self.live.discard(replica_id)
+        self.dead.add(replica_id)
+        for changed in self.on_change:
+            changed()
+        for died in self.on_death:
+            died(replica_id)
