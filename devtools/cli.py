@@ -60,13 +60,13 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 
 async def cmd_get(args: argparse.Namespace) -> int:
     async with nats_client(args.nats) as nc:
-        print_json((await CommandClient(nc).get(args.command_id)).public())
+        print_json((await CommandClient(nc).get(args.command_id)).model_dump(mode="json"))
     return 0
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
     async with nats_client(args.nats) as nc:
-        print_json((await CommandClient(nc).cancel(args.command_id)).public())
+        print_json((await CommandClient(nc).cancel(args.command_id)).model_dump(mode="json"))
     return 0
 
 

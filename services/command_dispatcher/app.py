@@ -1,4 +1,4 @@
-"""The command dispatcher: its NATS API, timers and stored-ack consumer, as one service object."""
+"""The command dispatcher: its NATS API, its view of the buckets, timers and stored-ack consumer."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ from shared.runtime.tasks import KeyedWorkers
 from .config import DispatcherSettings
 from .delivery import Delivery
 from .handlers import Handlers
+from .membership import Membership
 from .metrics import DispatcherMetrics
+from .records import Record
 from .store import CommandStore
-from .timers import TimerWorker
+from .timers import Timers
+from .view import View
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +42,44 @@ class Dispatcher:
         self.tasks = new_task_owner(metrics)
         self.requests = KeyedWorkers(REQUEST_CONCURRENCY)
         self.subs: list[Subscription] = []
+        self.view: View
+        self.timers: Timers
         self.handlers: Handlers
+        self.membership: Membership
 
     async def start(self) -> None:
-        js = self.nc.jetstream()
-        edge = await ensure_edge(js, self.settings.jetstream_replicas)
-        store = CommandStore(self.nc, edge.commands, self.metrics)
+        edge = await ensure_edge(self.nc.jetstream(), self.settings.jetstream_replicas)
         timing = self.settings.timing
+        self.view = View(edge.commands, edge.agents, self._record_changed, self._link_changed)
+        store = CommandStore(self.nc, edge.commands, self.view, self.metrics)
         delivery = Delivery(
-            self.nc, store, edge.agents, timing, self.metrics, self.settings.deliver_timeout_s
+            self.nc, store, self.view, edge.agents, timing, self.metrics, self.settings.deliver_timeout_s
         )
+        self.membership = Membership(edge.dispatchers, self.tasks)
+        self.timers = Timers(self.view, store, delivery, self.membership, timing)
         self.handlers = Handlers(
-            store, delivery, edge.agents, self.metrics, self.settings.max_queued_per_agent
+            self.nc,
+            store,
+            self.view,
+            delivery,
+            self.metrics,
+            self.settings.max_queued_per_agent,
+            lambda work: self.tasks.spawn(work, "push"),
         )
+        await self.membership.start()
+        await self.view.start()  # every unfinished command and agent, before answering anything
         self.subs = await serve_requests(
             self.nc, self.handlers.routes(), subjects.DISPATCHER_QUEUE_GROUP, self.requests, log
         )
-        timers = TimerWorker(
-            js, store, delivery, timing, self.settings.failover_s, self.settings.offline_recheck_s
-        )
-        self.tasks.keep("timers", timers.run)
+        self.tasks.keep("timers", self.timers.run)
         self.tasks.keep("stored_acks", self._consume_stored_acks)
         self.tasks.keep("queue_depth", self._report_queue_depth)
+
+    def _record_changed(self, record: Record, revision: int) -> None:
+        self.timers.schedule(record, revision)
+
+    def _link_changed(self, edge_agent_id: str) -> None:
+        self.timers.reschedule_agent(edge_agent_id)
 
     async def _consume_stored_acks(self) -> None:
         """Acks a gateway could not hand over directly were stored in JetStream: apply them now."""
@@ -80,7 +99,7 @@ class Dispatcher:
                     continue
                 for msg in msgs:
                     try:
-                        await self.handlers.handle_ack(msg.data)
+                        await self.handlers.handle_acks(msg.data)
                         await msg.ack()
                     except Exception:
                         log.exception("stored ack failed")
@@ -90,24 +109,25 @@ class Dispatcher:
                 await sub.unsubscribe()
 
     async def _report_queue_depth(self) -> None:
-        js = self.nc.jetstream()
         while True:
-            info = await js.stream_info(subjects.TIMERS_STREAM)
-            self.metrics.queue_depth.set(info.state.messages)
+            self.metrics.queue_depth.set(len(self.view.records))
             await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
 
     async def drain(self) -> None:
-        """Take no new requests, let in-flight ones finish, stop the timers."""
+        """Take no new requests, let in-flight ones finish, stop the timers, give up our agents."""
         for sub in self.subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         self.subs.clear()
         await self.requests.join()
-        await self.tasks.close()
+        await self.stop()
 
     async def stop(self) -> None:
         await self.tasks.close()
         await self.requests.close()
+        if hasattr(self, "view"):
+            await self.view.stop()
+            await self.membership.release()
 
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -16,11 +16,10 @@ class DispatcherSettings(ServiceSettings):
     max_attempts: int = Field(default=5, ge=1)
     execution_timeout_s: float = Field(default=1800.0, gt=0)
     max_queued_per_agent: int = Field(default=1000, ge=1)
-    # How often a queued command of an offline agent is looked at again (a missed connect).
-    offline_recheck_s: float = Field(default=60.0, gt=0)
-    # The timer consumer's ack wait. A timer held by a replica that died is picked up by another
-    # after this long; and nats-server sometimes honours a `nak(delay)` only at its next ack-wait
-    # check, so this also bounds how late a timer can fire. Short keeps both tight.
+    # How long after an agent connects the timers deliver what its connect pull did not take.
+    connect_grace_s: float = Field(default=1.0, gt=0)
+    # The stored-ack consumer's ack wait: acks held by a replica that died are applied by another
+    # after this long.
     failover_s: float = Field(default=1.0, gt=0)
     deliver_timeout_s: float = Field(default=5.0, gt=0)
 
@@ -31,4 +30,5 @@ class DispatcherSettings(ServiceSettings):
             max_ack_timeout_s=self.max_ack_timeout_s,
             max_attempts=self.max_attempts,
             execution_timeout_s=self.execution_timeout_s,
+            connect_grace_s=self.connect_grace_s,
         )

@@ -5,29 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+import time
 
 from nats.aio.client import Client as NATS
 
 from shared.broker.connection import request
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
-from shared.protocol.agents import PRESENCE, AgentPresence, DeliverRequest
-from shared.protocol.commands import CommandRecord, CommandState
-from shared.protocol.edge import CommandData
+from shared.protocol.agents import deliver_request
 from shared.protocol.errors import IkiroError, NoResponders
 
-from .lifecycle import TimerAction, Timing, due_for_pull, moved, pull_order, timer_action
+from .lifecycle import TimerAction, Timing, due_for_pull, mark_sent, pull_order, timer_action
 from .metrics import DispatcherMetrics
+from .records import Record, command_data
 from .store import CommandStore
+from .view import View
 
 log = logging.getLogger(__name__)
-
-
-def mark_sent(record: CommandRecord, connection_id: str, now: datetime) -> CommandRecord:
-    return moved(
-        record, CommandState.SENT, now, attempts=record.attempts + 1, sent_at=now, sent_to=connection_id
-    )
 
 
 class Delivery:
@@ -35,6 +29,7 @@ class Delivery:
         self,
         nc: NATS,
         store: CommandStore,
+        view: View,
         agents: Bucket,
         timing: Timing,
         metrics: DispatcherMetrics,
@@ -42,90 +37,81 @@ class Delivery:
     ) -> None:
         self.nc = nc
         self.store = store
+        self.view = view
         self.agents = agents
         self.timing = timing
         self.metrics = metrics
         self.deliver_timeout_s = deliver_timeout_s
 
-    async def send(self, record: CommandRecord) -> bool:
-        """Send (or send again) a due command over the agent's socket; False when it is offline."""
-        found = await self.agents.get(subjects.agent_key("presence", record.edge_agent_id), PRESENCE)
-        if found is None or not found[0].online or found[0].connection_id is None:
-            return False
-        presence, revision = found
-        connection_id = presence.connection_id
-        assert connection_id is not None
+    async def push(self, record: Record) -> None:
+        """Hand a record just marked sent to the socket it names.
 
-        def change(current: CommandRecord) -> CommandRecord | None:
-            now = codec.utcnow()
-            action, _ = timer_action(current, now, self.timing)
-            if action not in (TimerAction.DELIVER, TimerAction.REDELIVER):
-                return None
-            return mark_sent(current, connection_id, now)
-
-        sent = await self.store.transition(record.command_id, change)
-        if sent is not None:
-            await self.push(sent, presence, revision)
-        return True
-
-    async def push(self, record: CommandRecord, presence: AgentPresence, revision: int) -> None:
-        """One request to the connection; a missing socket marks the agent offline (fenced)."""
-        body = DeliverRequest(connection_id=record.sent_to or "", command=record.to_command_data())
+        A failure leaves it `sent`: its ack timeout sends it again, a reconnect at once. Nobody
+        listening at all means the gateway holding the socket died: the agent is marked offline.
+        """
+        assert record.sent_to is not None
+        body = deliver_request(record.sent_to, codec.encode("command", command_data(record)))
         try:
-            await request(
-                self.nc,
-                subjects.deliver(record.edge_agent_id),
-                body.model_dump(mode="json"),
-                self.deliver_timeout_s,
-            )
+            await request(self.nc, subjects.deliver(record.edge_agent_id), body, self.deliver_timeout_s)
         except IkiroError as err:
-            # The command stays `sent`: the ack timeout sends it again, a reconnect at once.
-            self.metrics.deliveries.labels(result="failed").inc()
+            self.metrics.deliveries("failed").inc()
             log.info(
                 "delivery failed: %s",
                 err.message,
-                extra={"command_id": str(record.command_id), "edge_agent_id": record.edge_agent_id},
+                extra={"command_id": record.command_id, "edge_agent_id": record.edge_agent_id},
             )
-            if isinstance(err, NoResponders):  # no socket anywhere: its gateway died
-                await self.mark_offline(presence, revision)
+            if isinstance(err, NoResponders):
+                await self.mark_offline(record.edge_agent_id, record.sent_to)
             return
-        self.metrics.deliveries.labels(result="delivered").inc()
+        self.metrics.deliveries("delivered").inc()
 
-    async def mark_offline(self, presence: AgentPresence, revision: int) -> None:
-        """The socket the record names is gone (its gateway died): say so, unless a newer one exists."""
+    async def send(self, command_id: str) -> None:
+        """Send (or send again) a due command over the agent's current socket."""
+
+        def change(current: Record) -> Record | None:
+            link = self.view.link(current.edge_agent_id)
+            now = time.time()
+            action, _ = timer_action(current, now, self.timing, link)
+            if link is None or action not in (TimerAction.DELIVER, TimerAction.REDELIVER):
+                return None
+            return mark_sent(current, link.connection_id, now)
+
+        sent = await self.store.transition(command_id, change)
+        if sent is not None:
+            await self.push(sent)
+
+    async def mark_offline(self, edge_agent_id: str, connection_id: str) -> None:
+        """The socket is gone with its gateway: say so, unless a newer socket has claimed the agent."""
+        found = self.view.presence.get(edge_agent_id)
+        if found is None or found[0].connection_id != connection_id or not found[0].online:
+            return
+        presence, revision = found
         gone = presence.model_copy(update={"online": False, "disconnected_at": codec.utcnow()})
         with contextlib.suppress(WrongRevision):
-            await self.agents.write(
-                subjects.agent_key("presence", presence.edge_agent_id),
-                gone.model_dump_json().encode(),
-                revision,
+            written = await self.agents.write(
+                subjects.agent_key("presence", edge_agent_id), codec.dumps(gone), revision
             )
+            self.view.saw_presence(gone, written)
 
-    async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[CommandData]:
+    async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[Record]:
         """Mark the agent's due commands sent to `connection_id` and return them in push order."""
-        ids = await self.store.active_command_ids(edge_agent_id)
-        found = await asyncio.gather(*(self.store.get(cid, fresh=False) for cid in ids))
-        now = codec.utcnow()
+        now = time.time()
         due = sorted(
             (
-                got[0]
-                for got in found
-                if got and due_for_pull(got[0], connection_id, via_socket, now, self.timing)
+                r
+                for r in self.view.unfinished(edge_agent_id)
+                if due_for_pull(r, connection_id, via_socket, now, self.timing)
             ),
             key=pull_order,
         )
 
-        def change(current: CommandRecord) -> CommandRecord | None:
-            at = codec.utcnow()
+        def change(current: Record) -> Record | None:
+            at = time.time()
             if not due_for_pull(current, connection_id, via_socket, at, self.timing):
                 return None
             return mark_sent(current, connection_id, at)
 
-        sent = [
-            r for r in await asyncio.gather(*(self.store.transition(r.command_id, change) for r in due)) if r
-        ]
-        # Their timers may sleep until an offline recheck: wake them to time the ack instead.
-        await asyncio.gather(*(self.store.arm_timer(record) for record in sent))
-        out = [record.to_command_data() for record in sent]
-        self.metrics.deliveries.labels(result="pulled").inc(len(out))
-        return out
+        written = await asyncio.gather(*(self.store.transition(r.command_id, change) for r in due))
+        sent = [r for r in written if r is not None]
+        self.metrics.deliveries("pulled").inc(len(sent))
+        return sent

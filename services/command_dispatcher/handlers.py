@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from nats.aio.client import Client as NATS
+
 from shared.broker.connection import Handler, request
-from shared.broker.kv import Bucket
 from shared.protocol import codec, subjects
-from shared.protocol.agents import PRESENCE, STATUS, SYNC, AgentInfo, DeliverRequest
+from shared.protocol.agents import AgentInfo, deliver_request
 from shared.protocol.commands import (
-    ACK_REQUEST,
+    ACK_BATCH,
     AGENT_REQUEST,
     COMMAND_ID_REQUEST,
     PULL_REQUEST,
     SUBMIT_REQUEST,
-    TERMINAL,
-    CommandRecord,
+    AgentAck,
     CommandState,
     parse_request,
     validate_payload,
@@ -27,29 +29,36 @@ from shared.protocol.edge import CommandType
 from shared.protocol.errors import Conflict, IkiroError, NoResponders, NotCancellable, NotFound, QueueFull
 
 from .delivery import Delivery
-from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, moved, new_record, same_content
+from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, new_record, same_content
 from .metrics import DispatcherMetrics
+from .records import Record, command_data
 from .store import CommandStore
+from .view import View
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 1.0
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Handlers:
     def __init__(
         self,
+        nc: NATS,
         store: CommandStore,
+        view: View,
         delivery: Delivery,
-        agents: Bucket,
         metrics: DispatcherMetrics,
         max_queued_per_agent: int,
+        spawn: Spawn,
     ) -> None:
+        self.nc = nc
         self.store = store
+        self.view = view
         self.delivery = delivery
-        self.agents = agents
         self.metrics = metrics
         self.max_queued_per_agent = max_queued_per_agent
+        self.spawn = spawn  # runs work that goes on after the reply (the first push)
 
     def routes(self) -> dict[str, Handler]:
         return {
@@ -58,99 +67,88 @@ class Handlers:
             subjects.COMMANDS_CANCEL: self.handle_cancel,
             subjects.AGENTS_GET: self.handle_agents_get,
             subjects.AGENTS_PULL: self.handle_pull,
-            subjects.ACKS_SUBMIT: self.handle_ack,
+            subjects.ACKS_SUBMIT: self.handle_acks,
         }
 
     async def handle_submit(self, data: bytes) -> dict[str, Any]:
+        """Store the command durably, answer, then push it at once if the agent has a socket."""
         try:
             req = parse_request(SUBMIT_REQUEST, data)
             validate_payload(req.command_type, req.payload)
         except IkiroError as err:
             self.metrics.submitted.labels(command_type=_type_label(data), result=str(err.code)).inc()
             raise
-        command_type = str(req.command_type)
-        command_id = req.command_id or uuid.uuid4()
-        active = await self.store.active_command_ids(req.edge_agent_id)
-        existing = None
-        if len(active) >= self.max_queued_per_agent:
-            existing = await self.store.get(command_id) if req.command_id else None
-            if existing is None:
-                self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
-                raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
-        else:
-            record = new_record(req, command_id, codec.utcnow())
+        command_type = req.command_type.value
+        command_id = str(req.command_id or uuid.uuid4())
+        if self.view.count(req.edge_agent_id) < self.max_queued_per_agent:
+            record = new_record(req, command_id, time.time(), self.view.link(req.edge_agent_id))
             if await self.store.create(record):
                 self.metrics.submitted.labels(command_type=command_type, result="accepted").inc()
-                return {"command_id": str(command_id), "state": record.state, "duplicate": False}
-            existing = await self.store.get(command_id)
-        if existing is None:  # created and then gone: only retention removes records
-            raise NotFound(f"command {command_id} is no longer kept")
-        current = existing[0]
-        if not same_content(current, req):
+                if record.state is CommandState.SENT:
+                    self.spawn(self.delivery.push(record))
+                # Accepted `queued`; the push to a connected agent (its `sent` event) follows at once.
+                return {"command_id": command_id, "state": CommandState.QUEUED.value, "duplicate": False}
+        elif req.command_id is None:
+            self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
+            raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
+        existing = await self.store.read(command_id)
+        if existing is None:
+            if self.view.count(req.edge_agent_id) >= self.max_queued_per_agent:
+                self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
+                raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
+            raise NotFound(f"command {command_id} is no longer kept")  # only retention removes records
+        if not same_content(existing, req):
             self.metrics.submitted.labels(command_type=command_type, result="conflict").inc()
             raise Conflict(f"command {command_id} was already submitted with other content")
-        if current.state not in TERMINAL:
-            # A submitter retrying after a crash between the write and its timer: re-arm it.
-            await self.store.arm_timer(current)
         self.metrics.submitted.labels(command_type=command_type, result="duplicate").inc()
-        return {"command_id": str(command_id), "state": current.state, "duplicate": True}
+        return {"command_id": command_id, "state": existing.state.value, "duplicate": True}
 
     async def handle_get(self, data: bytes) -> dict[str, Any]:
         req = parse_request(COMMAND_ID_REQUEST, data)
-        got = await self.store.get(req.command_id)
-        if got is None:
+        record = await self.store.read(str(req.command_id))
+        if record is None:
             raise NotFound(f"no command {req.command_id}")
-        return got[0].public()
+        return record.public()
 
     async def handle_cancel(self, data: bytes) -> dict[str, Any]:
         req = parse_request(COMMAND_ID_REQUEST, data)
 
-        def change(current: CommandRecord) -> CommandRecord | None:
+        def change(current: Record) -> Record | None:
             if current.state not in CANCELLABLE:
                 raise NotCancellable(f"command is {current.state}")
-            return moved(current, CommandState.CANCELLED, codec.utcnow())
+            return current.moved(CommandState.CANCELLED, time.time())
 
-        record = await self.store.transition(req.command_id, change)
+        record = await self.store.transition(str(req.command_id), change)
         if record is None:
             raise NotFound(f"no command {req.command_id}")
         return record.public()
 
     async def handle_agents_get(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(AGENT_REQUEST, data)
-        agent = req.edge_agent_id
-        presence_found, status, sync, active = await asyncio.gather(
-            self.agents.get(subjects.agent_key("presence", agent), PRESENCE),
-            self.agents.get(subjects.agent_key("status", agent), STATUS),
-            self.agents.get(subjects.agent_key("sync", agent), SYNC),
-            self.store.active_command_ids(agent),
-        )
-        presence = presence_found[0] if presence_found else None
+        agent = parse_request(AGENT_REQUEST, data).edge_agent_id
+        found = self.view.presence.get(agent)
+        presence = found[0] if found else None
+        status = self.view.status.get(agent)
+        sync = self.view.sync.get(agent)
         online = False
         last_seen = None
         if presence is not None and presence.online and presence.connection_id:
             try:
                 reply = await request(
-                    self.delivery.nc,
-                    subjects.deliver(agent),
-                    DeliverRequest(connection_id=presence.connection_id).model_dump(mode="json"),
-                    PROBE_TIMEOUT_S,
+                    self.nc, subjects.deliver(agent), deliver_request(presence.connection_id), PROBE_TIMEOUT_S
                 )
                 online = True
                 last_seen = reply.get("last_seen")
             except NoResponders:
-                assert presence_found is not None
-                await self.delivery.mark_offline(presence, presence_found[1])
+                await self.delivery.mark_offline(agent, presence.connection_id)
             except IkiroError:
                 pass  # a gateway too busy to answer the probe in time: not proof the agent is gone
-        status_rec = status[0] if status else None
-        sync_rec = sync[0] if sync else None
         seen = [
             t
             for t in (
                 presence.disconnected_at if presence else None,
                 presence.connected_at if presence else None,
-                status_rec.at if status_rec else None,
-                sync_rec.at if sync_rec else None,
+                status.at if status else None,
+                sync.at if sync else None,
             )
             if t is not None
         ]
@@ -162,35 +160,50 @@ class Handlers:
             online=online,
             connected_at=codec.iso(presence.connected_at) if presence and presence.connected_at else None,
             last_seen=last_seen,
-            last_status=status_rec.status if status_rec else None,
-            last_command_id=sync_rec.last_command_id if sync_rec else None,
-            queued=len(active),
+            last_status=status.status if status else None,
+            last_command_id=sync.last_command_id if sync else None,
+            queued=self.view.count(agent),
         )
         return info.model_dump(mode="json")
 
     async def handle_pull(self, data: bytes) -> dict[str, Any]:
         req = parse_request(PULL_REQUEST, data)
-        commands = await self.delivery.pull(req.edge_agent_id, req.connection_id, req.via_socket)
-        return {"commands": [c.model_dump(mode="json") for c in commands]}
+        sent = await self.delivery.pull(req.edge_agent_id, req.connection_id, req.via_socket)
+        return {"commands": [command_data(record) for record in sent]}
 
-    async def handle_ack(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(ACK_REQUEST, data)
-        outcome = AckOutcome.UNKNOWN
+    async def handle_acks(self, data: bytes) -> dict[str, Any]:
+        """Acks of any agents: each command's acks applied in their order, in one compare-and-set."""
+        batch = parse_request(ACK_BATCH, data)
+        by_command: dict[str, list[AgentAck]] = {}
+        for item in batch.acks:
+            by_command.setdefault(str(item.ack.command_id), []).append(item)
+        await asyncio.gather(*(self._apply_acks(cid, acks) for cid, acks in by_command.items()))
+        return {}
 
-        def change(current: CommandRecord) -> CommandRecord | None:
-            nonlocal outcome
-            new, outcome = apply_ack(current, req.edge_agent_id, req.ack, codec.utcnow())
-            return new
+    async def _apply_acks(self, command_id: str, acks: list[AgentAck]) -> None:
+        outcomes: list[AckOutcome] = []
 
-        await self.store.transition(req.ack.command_id, change)
-        self.metrics.acks.labels(outcome=outcome).inc()
-        if outcome is not AckOutcome.APPLIED:
-            log.info(
-                "ack changed nothing: %s",
-                outcome,
-                extra={"command_id": str(req.ack.command_id), "edge_agent_id": req.edge_agent_id},
-            )
-        return {"outcome": outcome}
+        def change(current: Record) -> Record | None:
+            outcomes.clear()
+            record: Record | None = current
+            moved = False
+            for item in acks:
+                new, outcome = apply_ack(record, item.edge_agent_id, item.ack, time.time())
+                outcomes.append(outcome)
+                if new is not None:
+                    record, moved = new, True
+            return record if moved else None
+
+        if await self.store.transition(command_id, change) is None and not outcomes:
+            outcomes = [AckOutcome.UNKNOWN] * len(acks)
+        for item, outcome in zip(acks, outcomes, strict=True):
+            self.metrics.acks(outcome).inc()
+            if outcome is not AckOutcome.APPLIED:
+                log.info(
+                    "ack changed nothing: %s",
+                    outcome,
+                    extra={"command_id": command_id, "edge_agent_id": item.edge_agent_id},
+                )
 
 
 def _type_label(data: bytes) -> str:

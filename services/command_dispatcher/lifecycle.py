@@ -1,32 +1,23 @@
 """The command state machine: pure decisions, no I/O, so the lifecycle rules are unit-tested directly.
 
-Every function here decides from a record and a clock alone; the store applies what they return
-with a compare-and-set, so it does not matter which dispatcher replica decides.
+Every function here decides from a record, what is known of the agent's socket and a clock; the
+store applies what they return with a compare-and-set, so it does not matter which dispatcher
+replica decides, or that its view of the record may be a moment old.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from uuid import UUID
 
-from shared.protocol.codec import iso
-from shared.protocol.commands import (
-    DEFAULT_TTL_S,
-    TERMINAL,
-    CommandRecord,
-    CommandState,
-    HistoryEntry,
-    LifecycleEvent,
-    SubmitRequest,
-)
+from shared.protocol.commands import DEFAULT_TTL_S, TERMINAL, CommandState, SubmitRequest
 from shared.protocol.edge import AckStatus, CommandAck, Priority
+
+from .records import Record
 
 CANCELLABLE = frozenset({CommandState.QUEUED, CommandState.SENT})
 UNACKED = frozenset({CommandState.QUEUED, CommandState.SENT})
-
 # How far along a command is; an ack may only move it to a higher rank.
 _RANK = {
     CommandState.QUEUED: 0,
@@ -40,52 +31,75 @@ _RANK = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The agent's live socket, as far as the dispatcher knows."""
+
+    connection_id: str
+    since: float  # when that socket connected (unix time)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The dispatcher's timer settings, in seconds."""
+
+    ack_timeout_s: float = 10.0
+    max_ack_timeout_s: float = 300.0
+    max_attempts: int = 5
+    execution_timeout_s: float = 1800.0
+    # After an agent connects, its gateway pulls what waits for it, in order. The timers only
+    # step in for what is still waiting this long after the connect (a submit that raced it).
+    connect_grace_s: float = 1.0
+
+    def ack_wait(self, attempts: int) -> float:
+        """How long a send waits for an ack: doubling with every attempt, capped."""
+        return min(self.ack_timeout_s * 2.0 ** max(attempts - 1, 0), self.max_ack_timeout_s)
+
+
 def resolved_ttl(req: SubmitRequest) -> int:
     return req.ttl_s if req.ttl_s is not None else DEFAULT_TTL_S[req.priority]
 
 
-def same_content(record: CommandRecord, req: SubmitRequest) -> bool:
+def new_record(req: SubmitRequest, command_id: str, now: float, link: Link | None) -> Record:
+    """A new command: `queued`, and at once `sent` to the agent's socket when it has one."""
+    ttl = resolved_ttl(req)
+    record = Record(
+        command_id=command_id,
+        edge_agent_id=req.edge_agent_id,
+        command_type=req.command_type.value,
+        payload=req.payload,
+        priority=req.priority.value,
+        ttl_s=ttl,
+        state=CommandState.QUEUED,
+        attempts=0,
+        error=None,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + ttl,
+        history=[(CommandState.QUEUED, now)],
+    )
+    return mark_sent(record, link.connection_id, now) if link is not None else record
+
+
+def mark_sent(record: Record, connection_id: str, now: float) -> Record:
+    return record.moved(
+        CommandState.SENT, now, attempts=record.attempts + 1, sent_at=now, sent_to=connection_id
+    )
+
+
+def same_content(record: Record, req: SubmitRequest) -> bool:
     """Whether a re-submission under the record's id asks for exactly this command."""
     return (
         record.edge_agent_id == req.edge_agent_id
-        and record.command_type == req.command_type
+        and record.command_type == req.command_type.value
         and record.payload == req.payload
-        and record.priority == req.priority
+        and record.priority == req.priority.value
         and record.ttl_s == resolved_ttl(req)
     )
 
 
-def new_record(req: SubmitRequest, command_id: UUID, now: datetime) -> CommandRecord:
-    ttl = resolved_ttl(req)
-    return CommandRecord(
-        command_id=command_id,
-        edge_agent_id=req.edge_agent_id,
-        command_type=req.command_type,
-        payload=req.payload,
-        priority=req.priority,
-        ttl_s=ttl,
-        state=CommandState.QUEUED,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(seconds=ttl),
-        history=[HistoryEntry(state=CommandState.QUEUED, at=iso(now))],
-    )
-
-
-def moved(record: CommandRecord, state: CommandState, now: datetime, **changes: Any) -> CommandRecord:
-    """A copy of `record` in `state`, with its history extended."""
-    return record.model_copy(
-        update={
-            "state": state,
-            "updated_at": now,
-            "history": [*record.history, HistoryEntry(state=state, at=iso(now))],
-            **changes,
-        }
-    )
-
-
 class AckOutcome(StrEnum):
-    """What an ack did; the label of the ignored-acks counter."""
+    """What an ack did; the label of the acks counter."""
 
     APPLIED = "applied"
     TERMINAL = "terminal"
@@ -103,8 +117,8 @@ _ACK_STATE = {
 
 
 def apply_ack(
-    record: CommandRecord | None, edge_agent_id: str, ack: CommandAck, now: datetime
-) -> tuple[CommandRecord | None, AckOutcome]:
+    record: Record | None, edge_agent_id: str, ack: CommandAck, now: float
+) -> tuple[Record | None, AckOutcome]:
     """The record after `ack`, or None with the reason it changes nothing. Never moves backwards."""
     if record is None:
         return None, AckOutcome.UNKNOWN
@@ -119,63 +133,65 @@ def apply_ack(
     if record.acked_at is None:
         changes["acked_at"] = now
     if target in TERMINAL:
-        changes["completed_at"] = ack.completed_at or now
+        changes["completed_at"] = ack.completed_at.timestamp() if ack.completed_at else now
         if target is CommandState.FAILED:
             changes["error"] = ack.error or "failed"
-    return moved(record, target, now, **changes), AckOutcome.APPLIED
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """The dispatcher's timer settings, in seconds."""
-
-    ack_timeout_s: float = 10.0
-    max_ack_timeout_s: float = 300.0
-    max_attempts: int = 5
-    execution_timeout_s: float = 1800.0
-
-    def ack_wait(self, attempts: int) -> float:
-        """How long a send waits for an ack: doubling with every attempt, capped."""
-        return min(self.ack_timeout_s * 2.0 ** max(attempts - 1, 0), self.max_ack_timeout_s)
+    return record.moved(target, now, **changes), AckOutcome.APPLIED
 
 
 class TimerAction(StrEnum):
-    DONE = "done"  # terminal: the timer has nothing left to do
+    DONE = "done"  # terminal: nothing left to time
     EXPIRE = "expire"
-    DELIVER = "deliver"  # queued: send if the agent is online
-    REDELIVER = "redeliver"  # sent, no ack in time, attempts left
+    DELIVER = "deliver"  # queued, the agent online and its connect pull done: send
+    REDELIVER = "redeliver"  # sent, no ack in time (or its socket replaced), attempts left: send again
     UNDELIVERED = "undelivered"  # sent, no ack in time, attempts used up
     EXECUTION_TIMEOUT = "execution_timeout"
     WAIT = "wait"
 
 
-def timer_action(record: CommandRecord, now: datetime, timing: Timing) -> tuple[TimerAction, datetime | None]:
-    """What a timer firing at `now` must do for `record`, and for WAIT when to look again."""
+def timer_action(
+    record: Record, now: float, timing: Timing, link: Link | None
+) -> tuple[TimerAction, float | None]:
+    """What to do for `record` at `now`, and for WAIT when to look again (None: only when the
+    record or the agent's socket changes)."""
     state = record.state
     if state in TERMINAL:
         return TimerAction.DONE, None
     if state in UNACKED and now >= record.expires_at:
         return TimerAction.EXPIRE, None
     if state is CommandState.QUEUED:
-        return TimerAction.DELIVER, record.expires_at
+        if link is None:
+            return TimerAction.WAIT, record.expires_at
+        due = max(record.created_at, link.since) + timing.connect_grace_s
+        if now >= due:
+            return TimerAction.DELIVER, None
+        return TimerAction.WAIT, min(due, record.expires_at)
     if state is CommandState.SENT:
         assert record.sent_at is not None
-        due = record.sent_at + timedelta(seconds=timing.ack_wait(record.attempts))
+        if (
+            link is not None
+            and link.connection_id != record.sent_to
+            and record.attempts < timing.max_attempts
+        ):
+            # Its socket was replaced: the new one gets it at once (after the connect pull had its go).
+            due = max(record.sent_at, link.since) + timing.connect_grace_s
+        else:
+            due = record.sent_at + timing.ack_wait(record.attempts)
         if now < due:
             return TimerAction.WAIT, min(due, record.expires_at)
         if record.attempts >= timing.max_attempts:
             return TimerAction.UNDELIVERED, None
-        return TimerAction.REDELIVER, record.expires_at
+        if link is None:
+            return TimerAction.WAIT, record.expires_at  # sent again once the agent is back
+        return TimerAction.REDELIVER, None
     assert record.acked_at is not None
-    deadline = record.acked_at + timedelta(seconds=timing.execution_timeout_s)
+    deadline = record.acked_at + timing.execution_timeout_s
     if now >= deadline:
         return TimerAction.EXECUTION_TIMEOUT, None
     return TimerAction.WAIT, deadline
 
 
-def due_for_pull(
-    record: CommandRecord, connection_id: str, via_socket: bool, now: datetime, timing: Timing
-) -> bool:
+def due_for_pull(record: Record, connection_id: str, via_socket: bool, now: float, timing: Timing) -> bool:
     """Whether a connect or sync poll should be handed this command now."""
     if record.state is CommandState.QUEUED:
         return now < record.expires_at
@@ -187,22 +203,9 @@ def due_for_pull(
         # The earlier send went to a socket that is gone: the new one gets it at once.
         return True
     assert record.sent_at is not None
-    return now >= record.sent_at + timedelta(seconds=timing.ack_wait(record.attempts))
+    return now >= record.sent_at + timing.ack_wait(record.attempts)
 
 
-def pull_order(record: CommandRecord) -> tuple[int, datetime]:
+def pull_order(record: Record) -> tuple[int, float]:
     """`immediate` before `normal`, submission order within a priority."""
-    return (0 if record.priority is Priority.IMMEDIATE else 1, record.created_at)
-
-
-def lifecycle_event(record: CommandRecord, previous: CommandState | None) -> LifecycleEvent:
-    return LifecycleEvent(
-        command_id=record.command_id,
-        edge_agent_id=record.edge_agent_id,
-        command_type=record.command_type,
-        state=record.state,
-        previous_state=previous,
-        attempt=record.attempts,
-        error=record.error,
-        at=iso(record.updated_at),
-    )
+    return (0 if record.priority == Priority.IMMEDIATE.value else 1, record.created_at)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.runtime.metrics import LATENCY_BUCKETS, ServiceMetrics
+from shared.runtime.metrics import LATENCY_BUCKETS, ByLabel, ServiceMetrics
 
 
 class DispatcherMetrics(ServiceMetrics):
@@ -17,8 +17,13 @@ class DispatcherMetrics(ServiceMetrics):
             ["command_type", "result"],
             registry=r,
         )
-        self.transitions = Counter(
-            "ikiro_command_transitions_total", "Command state changes by new state.", ["state"], registry=r
+        self.transitions = ByLabel(
+            Counter(
+                "ikiro_command_transitions_total",
+                "Command state changes by new state.",
+                ["state"],
+                registry=r,
+            )
         )
         self.queue_depth = Gauge(
             "ikiro_command_queue_depth", "Unfinished commands across all agents.", registry=r
@@ -41,14 +46,16 @@ class DispatcherMetrics(ServiceMetrics):
         )
         self.redeliveries = Counter("ikiro_command_redeliveries_total", "Commands sent again.", registry=r)
         self.expirations = Counter("ikiro_command_expirations_total", "Commands expired.", registry=r)
-        self.acks = Counter(
-            "ikiro_command_acks_total", "Acks from agents by outcome.", ["outcome"], registry=r
+        self.acks = ByLabel(
+            Counter("ikiro_command_acks_total", "Acks from agents by outcome.", ["outcome"], registry=r)
         )
-        self.deliveries = Counter(
-            "ikiro_command_deliveries_total",
-            "Delivery attempts to a gateway, by result.",
-            ["result"],
-            registry=r,
+        self.deliveries = ByLabel(
+            Counter(
+                "ikiro_command_deliveries_total",
+                "Delivery attempts to a gateway, by result.",
+                ["result"],
+                registry=r,
+            )
         )
         self.write_conflicts = Counter(
             "ikiro_command_write_conflicts_total", "Compare-and-set writes retried after a race.", registry=r

@@ -1,35 +1,35 @@
-"""Command timers: one JetStream work message per unfinished command, redelivered when due.
+"""Command timers: one in-memory schedule of every unfinished command's next deadline.
 
-Which replica runs a timer does not matter: each firing re-reads the record and decides from it
-alone (`timer_action`), and every change is a compare-and-set. A message held by a replica that
-dies is redelivered after `failover_s` (the consumer's ack wait) to another replica.
+Each replica schedules every command it sees (`view.py`), and fires those of the agents it owns
+(`membership.py`); a due timer of an agent owned elsewhere is looked at again `OWNER_RECHECK_S`
+later, so when a replica dies its agents' timers fire elsewhere within its lease TTL plus that.
+A firing decides from the record as this replica sees it (`timer_action`) and writes with a
+compare-and-set, so a timer that fires on two replicas at once changes the record once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+import heapq
+import itertools
 import logging
-from datetime import datetime
+import time
 
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
-
-from shared.protocol import codec, subjects
-from shared.protocol.commands import CommandRecord, CommandState
+from shared.protocol.commands import CommandState
 from shared.runtime.tasks import KeyedWorkers
 
 from .delivery import Delivery
-from .lifecycle import TimerAction, Timing, moved, timer_action
-from .store import Change, CommandStore
+from .lifecycle import TimerAction, Timing, timer_action
+from .membership import Membership
+from .records import Record
+from .store import CommandStore
+from .view import View
 
 log = logging.getLogger(__name__)
 
-FETCH_BATCH = 256
-MIN_DELAY_S = 0.05
+OWNER_RECHECK_S = 5.0
+CONCURRENCY = 512
 _FINAL = {
     TimerAction.EXPIRE: (CommandState.EXPIRED, "expired"),
     TimerAction.UNDELIVERED: (CommandState.FAILED, "undelivered"),
@@ -37,95 +37,93 @@ _FINAL = {
 }
 
 
-def _delay(until: datetime | None, now: datetime, cap: float | None = None) -> float:
-    seconds = (until - now).total_seconds() if until else (cap or 1.0)
-    if cap is not None:
-        seconds = min(seconds, cap)
-    return max(seconds, MIN_DELAY_S)
-
-
-class TimerWorker:
+class Timers:
     def __init__(
-        self,
-        js: JetStreamContext,
-        store: CommandStore,
-        delivery: Delivery,
-        timing: Timing,
-        failover_s: float,
-        offline_recheck_s: float,
-        concurrency: int = 512,
+        self, view: View, store: CommandStore, delivery: Delivery, membership: Membership, timing: Timing
     ) -> None:
-        self.js = js
+        self.view = view
         self.store = store
         self.delivery = delivery
+        self.membership = membership
         self.timing = timing
-        self.failover_s = failover_s
-        self.offline_recheck_s = offline_recheck_s
-        self.workers = KeyedWorkers(concurrency)
+        self.workers = KeyedWorkers(CONCURRENCY)
+        # (when, tie-breaker, command_id, revision); entries for an older revision are skipped.
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+
+    def schedule(self, record: Record, revision: int) -> None:
+        """Note when `record` (at `revision`) next needs a look."""
+        now = time.time()
+        action, at = timer_action(record, now, self.timing, self.view.link(record.edge_agent_id))
+        if action is TimerAction.DONE or (action is TimerAction.WAIT and at is None):
+            return
+        when = at if action is TimerAction.WAIT and at is not None else now
+        if not self._heap or when < self._heap[0][0]:
+            self._wake.set()
+        heapq.heappush(self._heap, (when, next(self._order), record.command_id, revision))
+        if len(self._heap) > 4 * len(self.view.records) + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the entries of superseded revisions (kept lazily until now) by scheduling afresh."""
+        self._heap.clear()
+        for record, revision in list(self.view.records.values()):
+            self.schedule(record, revision)
+
+    def reschedule_agent(self, edge_agent_id: str) -> None:
+        """The agent's socket changed: its commands' deadlines may have too."""
+        for record in self.view.unfinished(edge_agent_id):
+            found = self.view.get(record.command_id)
+            if found is not None:
+                self.schedule(*found)
 
     async def run(self) -> None:
-        sub = await self.js.pull_subscribe(
-            subjects.TIMERS_ALL,
-            durable=subjects.TIMERS_CONSUMER,
-            stream=subjects.TIMERS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.failover_s,
-                max_deliver=-1,
-                max_ack_pending=-1,
-            ),
-        )
         try:
             while True:
-                try:
-                    msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.Error as err:
-                    log.warning("timer fetch failed: %s", err)
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    agent, _ = subjects.parse_timer(msg.subject)
-                    await self.workers.submit(agent, functools.partial(self.fire, msg))
+                await self._fire_due()
         finally:
             await self.workers.close()
-            # A pull subscription left open would hold up the connection's drain.
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
 
-    async def fire(self, msg: Msg) -> None:
-        """Act on one timer firing, then remove the timer (final) or schedule its next firing."""
-        _, command_id = subjects.parse_timer(msg.subject)
-        for _ in range(4):
-            got = await self.store.get(command_id, fresh=False)
-            if got is None:
-                await msg.ack()  # the record is gone (retention): nothing left to time
-                return
-            record = got[0]
-            now = codec.utcnow()
-            action, until = timer_action(record, now, self.timing)
-            if action is TimerAction.DONE:
-                await msg.ack()
-                return
-            if action is TimerAction.WAIT:
-                await msg.nak(delay=_delay(until, now))
-                return
-            if action in (TimerAction.DELIVER, TimerAction.REDELIVER):
-                if not await self.delivery.send(record):
-                    await msg.nak(delay=_delay(until, now, cap=self.offline_recheck_s))
-                    return
+    async def _fire_due(self) -> None:
+        self._wake.clear()
+        now = time.time()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, command_id, revision = heapq.heappop(self._heap)
+            found = self.view.get(command_id)
+            if found is None or found[1] != revision:
+                continue  # finished, or superseded by a newer revision with its own entry
+            record = found[0]
+            if not self.membership.owns(record.edge_agent_id):
+                heapq.heappush(self._heap, (now + OWNER_RECHECK_S, next(self._order), command_id, revision))
                 continue
-            await self.store.transition(command_id, self._finisher(action))
-        await msg.nak(delay=1.0)
+            await self.workers.submit(
+                record.edge_agent_id, functools.partial(self._fire, command_id, revision)
+            )
+        delay = self._heap[0][0] - time.time() if self._heap else None
+        if delay is None or delay > 0:
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
-    def _finisher(self, action: TimerAction) -> Change:
+    async def _fire(self, command_id: str, revision: int) -> None:
+        found = self.view.get(command_id)
+        if found is None or found[1] != revision:
+            return
+        record = found[0]
+        action, _ = timer_action(record, time.time(), self.timing, self.view.link(record.edge_agent_id))
+        if action in (TimerAction.DELIVER, TimerAction.REDELIVER):
+            await self.delivery.send(command_id)
+        elif action in _FINAL:
+            await self.store.transition(command_id, functools.partial(self._finish, action))
+        elif action is TimerAction.WAIT:
+            self.schedule(record, revision)  # the clock ran a little behind the deadline
+
+    def _finish(self, action: TimerAction, current: Record) -> Record | None:
+        now = time.time()
+        if timer_action(current, now, self.timing, self.view.link(current.edge_agent_id))[0] is not action:
+            return None
         state, error = _FINAL[action]
-
-        def change(current: CommandRecord) -> CommandRecord | None:
-            now = codec.utcnow()
-            if timer_action(current, now, self.timing)[0] is not action:
-                return None
-            return moved(current, state, now, error=error)
-
-        return change
+        return current.moved(state, now, error=error)

@@ -8,10 +8,9 @@ import uuid
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import ValidationError
 
 from shared.protocol import codec
-from shared.protocol.agents import DELIVER_REQUEST
+from shared.protocol.agents import parse_deliver_request
 from shared.protocol.errors import NotFound, error_body
 from shared.runtime.ratelimit import WindowCounter
 from shared.runtime.socket import Outbox, ServerSocket
@@ -19,11 +18,13 @@ from shared.runtime.socket import Outbox, ServerSocket
 from .metrics import EdgeGatewayMetrics
 
 BAD_FRAME_WINDOW_S = 60.0
+OK = codec.dumps({"ok": True})
 
 
 class EdgeConnection(ServerSocket):
     __slots__ = (
         "bad_frames",
+        "connected_at",
         "connection_id",
         "edge_agent_id",
         "epoch",
@@ -46,9 +47,9 @@ class EdgeConnection(ServerSocket):
         super().__init__(ws, transport, outbox, metrics, send_timeout_s)
         self.edge_agent_id = edge_agent_id
         self.connection_id = uuid.uuid4().hex
-        self.epoch = 0  # known once the presence claim is written
+        self.epoch = 0  # the revision of its presence claim, once written
         self.newest_epoch_seen = 0  # highest epoch another socket of this agent announced
-        self.last_seen = codec.utcnow()
+        self.connected_at = self.last_seen = codec.utcnow()
         self.subscription: Subscription | None = None
         self.bad_frames = WindowCounter(max_bad_frames, BAD_FRAME_WINDOW_S)
 
@@ -58,21 +59,18 @@ class EdgeConnection(ServerSocket):
         return 0 < self.epoch < self.newest_epoch_seen
 
     async def on_deliver(self, msg: Msg) -> None:
-        """A dispatcher's request on `edge.deliver.<id>`: push the command, or answer a probe."""
-        try:
-            req = DELIVER_REQUEST.validate_json(msg.data)
-        except ValidationError:
-            return
-        if req.connection_id != self.connection_id:
+        """A dispatcher's request on `edge.deliver.<id>`: push the command frame, or answer a probe."""
+        connection_id, frame = parse_deliver_request(msg.data)
+        if connection_id != self.connection_id:
             # Meant for a newer (or older) socket of this agent: stay silent, let that one answer.
             return
-        if req.command is None:
+        if not frame:
             reply = codec.dumps({"ok": True, "last_seen": codec.iso(self.last_seen)})
-        elif self.send("command", codec.encode("command", req.command)):
-            reply = b'{"ok":true}'
-            self.metrics.deliveries.labels(result="pushed").inc()
+        elif self.send("command", frame):
+            reply = OK
+            self.metrics.deliveries("pushed").inc()
         else:
             reply = codec.dumps({"ok": False, "error": error_body(NotFound("socket closed"))})
-            self.metrics.deliveries.labels(result="closed").inc()
+            self.metrics.deliveries("closed").inc()
         if msg.reply:
             await msg.respond(reply)

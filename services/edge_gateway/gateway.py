@@ -51,7 +51,7 @@ class Gateway:
 
     async def start(self) -> None:
         edge = await ensure_edge(self.nc.jetstream(), self.settings.jetstream_replicas)
-        self.upstream = Upstream(self.nc, edge.agents, self.settings.upstream_timeout_s)
+        self.upstream = Upstream(self.nc, edge.agents, self.tasks, self.settings.upstream_timeout_s)
         self._presence_sub = await self.nc.subscribe(subjects.PRESENCE_ALL, cb=self._on_presence)
 
     async def drain(self) -> None:
@@ -134,7 +134,9 @@ class Gateway:
         self.metrics.sockets_open.set(len(self.open_connections))
         try:
             if conn.epoch:
-                await self.upstream.release(conn.edge_agent_id, conn.connection_id)
+                await self.upstream.release(
+                    conn.edge_agent_id, conn.connection_id, conn.epoch, conn.connected_at
+                )
         except (IkiroError, nats.errors.Error) as err:
             log.warning("presence not released: %s", err, extra={"edge_agent_id": conn.edge_agent_id})
         finally:

@@ -26,10 +26,7 @@ async def handle_ping(conn: EdgeConnection, upstream: Upstream, frame: PingFrame
 
 
 async def handle_command_ack(conn: EdgeConnection, upstream: Upstream, frame: CommandAckFrame) -> None:
-    try:
-        await upstream.ack(conn.edge_agent_id, conn.connection_id, frame.data)
-    except IkiroError as err:
-        conn.send("error", codec.error_frame(err))
+    upstream.queue_ack(conn, frame.data)
 
 
 async def handle_status(conn: EdgeConnection, upstream: Upstream, frame: StatusFrame) -> None:
@@ -53,10 +50,10 @@ async def handle_frame(conn: EdgeConnection, upstream: Upstream, raw: bytes) -> 
     try:
         parsed = EDGE_INBOUND.validate_json(raw)
     except ValidationError as err:
-        conn.metrics.frames_in.labels(type="invalid").inc()
+        conn.metrics.frames_in("invalid").inc()
         reject(conn, refusal(err, ErrorCode.INVALID_FRAME))
         return
-    conn.metrics.frames_in.labels(type=parsed.type).inc()
+    conn.metrics.frames_in(parsed.type).inc()
     await HANDLERS[parsed.type](conn, upstream, parsed)
 
 

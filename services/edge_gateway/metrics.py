@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from shared.runtime.metrics import LATENCY_BUCKETS, GatewayMetrics
+from shared.runtime.metrics import LATENCY_BUCKETS, ByLabel, GatewayMetrics
 
 
 class EdgeGatewayMetrics(GatewayMetrics):
@@ -23,6 +23,11 @@ class EdgeGatewayMetrics(GatewayMetrics):
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.deliveries = Counter(
-            "ikiro_edge_deliveries_total", "Commands handed to a socket, by result.", ["result"], registry=r
+        self.deliveries = ByLabel(
+            Counter(
+                "ikiro_edge_deliveries_total",
+                "Commands handed to a socket, by result.",
+                ["result"],
+                registry=r,
+            )
         )

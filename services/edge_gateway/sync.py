@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from shared.protocol import codec
+from shared.protocol.commands import AgentAck
 from shared.protocol.edge import MAX_STATUS_BYTES, MAX_SYNC_BODY_BYTES, SYNC_REQUEST, SyncResponse
 from shared.protocol.errors import ErrorCode, IkiroError, describe
 
@@ -62,8 +63,10 @@ async def _sync(request: web.Request) -> web.Response:
 
     connection_id = f"sync-{uuid.uuid4().hex}"
     try:
-        for ack in body.acks:
-            await upstream.ack(agent, connection_id, ack)
+        if body.acks:
+            await upstream.acks(
+                [AgentAck(edge_agent_id=agent, connection_id=connection_id, ack=ack) for ack in body.acks]
+            )
         if body.status:
             await upstream.status(agent, body.status)
         accepted = await upstream.events(agent, body.pending_events)

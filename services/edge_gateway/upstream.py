@@ -1,51 +1,89 @@
 """What the gateway tells the rest of the system about an agent: acks, status, events, presence.
 
-Acks go to the dispatcher directly (ordered per socket, since the reader waits for each); when
-it cannot be reached they are stored in JetStream for it to apply later, so none is lost.
+Acks go to a dispatcher in batches gathered across the gateway's sockets, one batch in flight per
+lane, so each agent's acks keep their order while no reader ever waits on a round trip; when no
+dispatcher can be reached a batch is stored in JetStream for one to apply later, so none is lost.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
+from datetime import datetime
 from typing import Any, Literal
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from shared.broker.connection import request
-from shared.broker.kv import Bucket, compare_and_set
+from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
-from shared.protocol.agents import PRESENCE, AgentPresence, AgentStatus, AgentSync, PresenceEvent
-from shared.protocol.commands import AckRequest, PullRequest
-from shared.protocol.edge import CommandAck, CommandData, PendingEvent
-from shared.protocol.errors import Unavailable
+from shared.protocol.agents import AgentPresence, AgentStatus, AgentSync, PresenceEvent
+from shared.protocol.commands import MAX_ACKS_PER_BATCH, AckBatch, AgentAck, PullRequest
+from shared.protocol.edge import CommandAck, PendingEvent
+from shared.protocol.errors import IkiroError, Unavailable
+from shared.runtime.tasks import TaskOwner
+
+from .connection import EdgeConnection
+
+# Acks in flight at once from this gateway; an agent's acks always take the same lane.
+ACK_LANES = 4
 
 
 class Upstream:
-    def __init__(self, nc: NATS, agents: Bucket, timeout_s: float) -> None:
+    def __init__(self, nc: NATS, agents: Bucket, owner: TaskOwner, timeout_s: float) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.agents = agents
+        self.owner = owner
         self.timeout_s = timeout_s
+        self._lanes: list[list[tuple[EdgeConnection, AgentAck]]] = [[] for _ in range(ACK_LANES)]
+        self._busy: set[int] = set()  # lanes with a batch on its way
 
-    async def ack(self, edge_agent_id: str, connection_id: str, ack: CommandAck) -> None:
-        body = AckRequest(edge_agent_id=edge_agent_id, connection_id=connection_id, ack=ack).model_dump(
-            mode="json"
+    # --- acks: in each agent's order, batched across sockets while a batch is on its way ---
+
+    def queue_ack(self, conn: EdgeConnection, ack: CommandAck) -> None:
+        """Forward a socket's ack; the reader goes on at once. An agent's acks always travel in the
+        same lane, one batch in flight per lane, so they reach the dispatcher in the agent's order."""
+        lane = self._lanes[zlib.crc32(conn.edge_agent_id.encode()) % len(self._lanes)]
+        lane.append(
+            (conn, AgentAck(edge_agent_id=conn.edge_agent_id, connection_id=conn.connection_id, ack=ack))
         )
+        if id(lane) not in self._busy:
+            self._busy.add(id(lane))
+            self.owner.spawn(self._forward(lane), "ack_forward")
+
+    async def _forward(self, lane: list[tuple[EdgeConnection, AgentAck]]) -> None:
+        try:
+            while lane:
+                batch = lane[:MAX_ACKS_PER_BATCH]
+                del lane[:MAX_ACKS_PER_BATCH]
+                try:
+                    await self.acks([ack for _, ack in batch])
+                except IkiroError as err:
+                    frame = codec.error_frame(err)
+                    for conn in {id(conn): conn for conn, _ in batch}.values():
+                        conn.send("error", frame)
+        finally:
+            self._busy.discard(id(lane))
+
+    async def acks(self, acks: list[AgentAck]) -> None:
+        """Hand acks to a dispatcher; with none reachable, store them in JetStream for later."""
+        body = codec.dumps(AckBatch(acks=acks))
         try:
             await request(self.nc, subjects.ACKS_SUBMIT, body, self.timeout_s)
         except Unavailable:
             try:
-                await self.js.publish(
-                    subjects.acked(edge_agent_id), codec.dumps(body), timeout=self.timeout_s
-                )
+                await self.js.publish(subjects.ACKS_STORED, body, timeout=self.timeout_s)
             except (nats.errors.Error, TimeoutError) as err:
-                raise Unavailable("ack could not be recorded, send it again") from err
+                raise Unavailable("acks could not be recorded, send them again") from err
 
-    async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[CommandData]:
+    async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[dict[str, Any]]:
+        """The commands due for this connection, in push order, marked sent to it."""
         body = PullRequest(edge_agent_id=edge_agent_id, connection_id=connection_id, via_socket=via_socket)
-        reply = await request(self.nc, subjects.AGENTS_PULL, body.model_dump(mode="json"), self.timeout_s)
-        return [CommandData.model_validate(c) for c in reply["commands"]]
+        reply = await request(self.nc, subjects.AGENTS_PULL, codec.dumps(body), self.timeout_s)
+        commands: list[dict[str, Any]] = reply["commands"]
+        return commands
 
     async def status(self, edge_agent_id: str, status: dict[str, Any]) -> None:
         record = AgentStatus(status=status, at=codec.utcnow())
@@ -65,50 +103,43 @@ class Upstream:
         record = AgentSync(last_command_id=last_command_id, at=codec.utcnow())
         await self.agents.put(subjects.agent_key("sync", edge_agent_id), codec.dumps(record))
 
-    # --- presence, fenced by epoch ---
+    # --- presence, fenced by revision ---
 
     async def claim(self, edge_agent_id: str, connection_id: str) -> int:
         """Make `connection_id` the agent's live socket; returns its epoch (higher = newer)."""
-
-        def claimed(current: AgentPresence | None) -> AgentPresence:
-            return AgentPresence(
-                edge_agent_id=edge_agent_id,
-                online=True,
-                connection_id=connection_id,
-                epoch=(current.epoch if current else 0) + 1,
-                connected_at=codec.utcnow(),
-                disconnected_at=current.disconnected_at if current else None,
-            )
-
-        done = await compare_and_set(
-            self.agents, subjects.agent_key("presence", edge_agent_id), PRESENCE, claimed
+        now = codec.utcnow()
+        record = AgentPresence(
+            edge_agent_id=edge_agent_id, online=True, connection_id=connection_id, connected_at=now
         )
-        assert done is not None
-        await self._announce(done[0], "connected", connection_id)
-        return done[0].epoch
+        epoch = await self.agents.put(subjects.agent_key("presence", edge_agent_id), codec.dumps(record))
+        await self._announce(edge_agent_id, "connected", connection_id, epoch)
+        return epoch
 
-    async def release(self, edge_agent_id: str, connection_id: str) -> None:
+    async def release(
+        self, edge_agent_id: str, connection_id: str, epoch: int, connected_at: datetime
+    ) -> None:
         """Mark the agent offline, unless a newer socket has claimed it since (then say nothing)."""
-
-        def released(current: AgentPresence | None) -> AgentPresence | None:
-            if current is None or current.connection_id != connection_id or not current.online:
-                return None
-            return current.model_copy(update={"online": False, "disconnected_at": codec.utcnow()})
-
-        done = await compare_and_set(
-            self.agents, subjects.agent_key("presence", edge_agent_id), PRESENCE, released
+        record = AgentPresence(
+            edge_agent_id=edge_agent_id,
+            online=False,
+            connection_id=connection_id,
+            connected_at=connected_at,
+            disconnected_at=codec.utcnow(),
         )
-        if done is not None:
-            await self._announce(done[0], "disconnected", connection_id)
+        try:
+            await self.agents.write(subjects.agent_key("presence", edge_agent_id), codec.dumps(record), epoch)
+        except WrongRevision:
+            return
+        await self._announce(edge_agent_id, "disconnected", connection_id, epoch)
 
     async def _announce(
-        self, record: AgentPresence, event: Literal["connected", "disconnected"], connection_id: str
+        self, edge_agent_id: str, event: Literal["connected", "disconnected"], connection_id: str, epoch: int
     ) -> None:
         body = PresenceEvent(
-            edge_agent_id=record.edge_agent_id,
+            edge_agent_id=edge_agent_id,
             event=event,
             connection_id=connection_id,
-            epoch=record.epoch,
+            epoch=epoch,
             at=codec.now_iso(),
         )
-        await self.nc.publish(subjects.presence(record.edge_agent_id), codec.dumps(body))
+        await self.nc.publish(subjects.presence(edge_agent_id), codec.dumps(body))

@@ -120,7 +120,7 @@ HANDLERS: dict[str, Handler] = {
 async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: bytes | str) -> None:
     """Handle one frame; anything unusable is answered with an `error` frame, never raised."""
     if not conn.admit_frame():
-        ctx.metrics.frames_in.labels(type="rate_limited").inc()
+        ctx.metrics.frames_in("rate_limited").inc()
         limited_id = client_msg_id_of(raw)
         extra = {"client_msg_id": limited_id} if limited_id else {}
         conn.send_error(IkiroError("too many frames, slow down", ErrorCode.RATE_LIMITED, **extra))
@@ -128,10 +128,10 @@ async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: b
     try:
         frame = parse_inbound(raw)
     except IkiroError as err:
-        ctx.metrics.frames_in.labels(type="invalid").inc()
+        ctx.metrics.frames_in("invalid").inc()
         conn.send_error(err)
         return
-    ctx.metrics.frames_in.labels(type=frame.type).inc()
+    ctx.metrics.frames_in(frame.type).inc()
     msg_id = getattr(frame.data, "client_msg_id", None)
     try:
         await HANDLERS[frame.type](ctx, conn, session, frame)

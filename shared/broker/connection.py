@@ -71,13 +71,16 @@ async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str)
     )
     client.append(nc)
     metrics.nats_connected.set(1)
+    metrics.count_nats_traffic(nc.stats)
     return nc
 
 
 async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-    """JSON request; returns the reply's fields, raises the `IkiroError` an `{"ok": false}` carries."""
+    """A request (`body` as JSON, or bytes sent as they are); returns the reply's fields, raises the
+    `IkiroError` an `{"ok": false}` carries."""
+    data = body if isinstance(body, bytes) else codec.dumps(body)
     try:
-        msg = await nc.request(subject, codec.dumps(body), timeout=timeout_s)
+        msg = await nc.request(subject, data, timeout=timeout_s)
     except nats.errors.NoRespondersError:
         raise NoResponders(f"nobody answers {subject}") from None
     except (TimeoutError, nats.errors.TimeoutError):

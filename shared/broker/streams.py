@@ -10,15 +10,15 @@ from dataclasses import dataclass
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from shared.broker.kv import Bucket
 from shared.protocol import subjects
 
 # Records outlive the longest TTL (7 days) so a final state can still be read for a day after.
 RECORD_RETENTION_S = 8 * 86400
-# Server-placed delete markers (expired leases) stay this long, so a MiniApp replica that starts
-# after every other one died still reaps the dead replicas' connections.
+# Server-placed delete markers (expired leases) stay this long, so a replica that starts after every
+# other one died still learns they are gone (the MiniApp gateway then reaps their connections).
 MARKER_TTL_S = 24 * 3600
 
 
@@ -55,21 +55,11 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> Bucket:
 class EdgeStore:
     commands: Bucket
     agents: Bucket
+    dispatchers: Bucket
 
 
 def edge_streams(replicas: int) -> tuple[StreamConfig, ...]:
     return (
-        # Timers: one message per unfinished command (max one per subject); its redelivery is the
-        # timer and its removal (ack or purge) is the command leaving the active set.
-        StreamConfig(
-            name=subjects.TIMERS_STREAM,
-            subjects=[subjects.TIMERS_ALL],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            max_msgs_per_subject=1,
-            discard=DiscardPolicy.OLD,
-            num_replicas=replicas,
-        ),
         # Acks a gateway could not hand to a dispatcher directly.
         StreamConfig(
             name=subjects.ACKS_STREAM,
@@ -82,8 +72,8 @@ def edge_streams(replicas: int) -> tuple[StreamConfig, ...]:
     )
 
 
-def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig]:
-    """The command records and the agent records."""
+def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig, KeyValueConfig]:
+    """The command records, the agent records, and the dispatcher replicas' leases."""
     return (
         KeyValueConfig(
             bucket=subjects.COMMANDS_BUCKET,
@@ -93,14 +83,25 @@ def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig]:
             replicas=replicas,
         ),
         KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas),
+        KeyValueConfig(
+            bucket=subjects.DISPATCHERS_BUCKET,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            limit_marker_ttl=MARKER_TTL_S,
+        ),
     )
 
 
 async def ensure_edge(js: JetStreamContext, replicas: int) -> EdgeStore:
     for config in edge_streams(replicas):
         await ensure_stream(js, config)
-    commands, agents = edge_buckets(replicas)
-    return EdgeStore(commands=await ensure_bucket(js, commands), agents=await ensure_bucket(js, agents))
+    commands, agents, dispatchers = edge_buckets(replicas)
+    return EdgeStore(
+        commands=await ensure_bucket(js, commands),
+        agents=await ensure_bucket(js, agents),
+        dispatchers=await ensure_bucket(js, dispatchers),
+    )
 
 
 @dataclass(frozen=True, slots=True)

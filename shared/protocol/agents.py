@@ -12,15 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter
 
-from shared.protocol.edge import CommandData
-
 
 class AgentPresence(BaseModel):
+    """`presence.<id>`: the agent's live socket. Each new socket writes it without reading it first;
+    the revision of that write is the socket's epoch, so a newer socket has a higher epoch and a
+    gateway releasing an older one (a compare-and-set on its revision) cannot undo a newer claim."""
+
     edge_agent_id: str
     online: bool
     connection_id: str | None
-    # Grows by one with every new socket; a gateway whose socket has a lower epoch is stale.
-    epoch: int
     connected_at: datetime | None = None
     disconnected_at: datetime | None = None
 
@@ -53,17 +53,17 @@ class PresenceEvent(BaseModel):
 PRESENCE_EVENT = TypeAdapter(PresenceEvent)
 
 
-class DeliverRequest(BaseModel):
-    """Dispatcher -> the gateway holding the socket, on `edge.deliver.<id>`.
-
-    Without `command` it only asks whether that connection is still there.
-    """
-
-    connection_id: str
-    command: CommandData | None = None
+def deliver_request(connection_id: str, frame: bytes = b"") -> bytes:
+    """A dispatcher's request on `edge.deliver.<id>` to the gateway holding the agent's socket: the
+    connection it is for, a newline, and the frame to write as it is (none: only asking whether
+    that connection is still there). The gateway writes the frame without parsing it."""
+    return connection_id.encode() + b"\n" + frame
 
 
-DELIVER_REQUEST = TypeAdapter(DeliverRequest)
+def parse_deliver_request(body: bytes) -> tuple[str, bytes]:
+    """`(connection_id, frame)` of a deliver request."""
+    connection_id, _, frame = body.partition(b"\n")
+    return connection_id.decode(errors="replace"), frame
 
 
 class AgentInfo(BaseModel):

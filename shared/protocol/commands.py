@@ -12,11 +12,11 @@ from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
-from shared.protocol.codec import iso
-from shared.protocol.edge import AgentId, CommandAck, CommandData, CommandType, Priority
+from shared.protocol.edge import AgentId, CommandAck, CommandType, Priority
 from shared.protocol.errors import InvalidPayload, describe, refusal
 
 MAX_TTL_S = 604800
+MAX_ACKS_PER_BATCH = 1000
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_TTL_S = {Priority.NORMAL: 86400, Priority.IMMEDIATE: 120}
 
@@ -154,10 +154,18 @@ class PullRequest(BaseModel):
     via_socket: bool = True
 
 
-class AckRequest(BaseModel):
+class AgentAck(BaseModel):
+    """One agent's ack as a gateway forwards it."""
+
     edge_agent_id: AgentId
     connection_id: str
     ack: CommandAck
+
+
+class AckBatch(BaseModel):
+    """Gateway -> dispatcher on `edge.acks.submit`: acks of any agents, each agent's in its order."""
+
+    acks: list[AgentAck] = Field(max_length=MAX_ACKS_PER_BATCH)
 
 
 def parse_request(adapter: TypeAdapter[M], data: bytes) -> M:
@@ -172,7 +180,7 @@ SUBMIT_REQUEST = TypeAdapter(SubmitRequest)
 COMMAND_ID_REQUEST = TypeAdapter(CommandIdRequest)
 AGENT_REQUEST = TypeAdapter(AgentRequest)
 PULL_REQUEST = TypeAdapter(PullRequest)
-ACK_REQUEST = TypeAdapter(AckRequest)
+ACK_BATCH = TypeAdapter(AckBatch)
 
 # --- The record and its events ---------------------------------------------------------
 
@@ -183,6 +191,8 @@ class HistoryEntry(BaseModel):
 
 
 class CommandRecord(BaseModel):
+    """A command as `edge.commands.get` and `edge.commands.cancel` answer it."""
+
     command_id: UUID
     edge_agent_id: str
     command_type: CommandType
@@ -196,27 +206,9 @@ class CommandRecord(BaseModel):
     updated_at: datetime
     expires_at: datetime
     history: list[HistoryEntry]
-    # Bookkeeping the timers and the pull need.
     sent_at: datetime | None = None
-    sent_to: str | None = None
     acked_at: datetime | None = None
     completed_at: datetime | None = None
-
-    def to_command_data(self) -> CommandData:
-        return CommandData(
-            command_id=self.command_id,
-            command_type=self.command_type,
-            payload=self.payload,
-            priority=self.priority,
-            timestamp=iso(self.created_at),
-        )
-
-    def public(self) -> dict[str, Any]:
-        """The record as `edge.commands.get` answers it."""
-        return self.model_dump(mode="json", exclude={"sent_to"})
-
-
-RECORD = TypeAdapter(CommandRecord)
 
 
 class LifecycleEvent(BaseModel):

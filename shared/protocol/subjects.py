@@ -63,30 +63,13 @@ def deliver(edge_agent_id: str) -> str:
 # --- Edge: JetStream ---
 COMMANDS_BUCKET = "EDGE_COMMANDS"  # command records, keyed by command_id
 AGENTS_BUCKET = "EDGE_AGENTS"  # presence/status/sync records, keyed "<kind>.<edge_agent_id>"
-TIMERS_STREAM = "EDGE_TIMERS"  # one work message per unfinished command; redelivery is the timer
-TIMERS_CONSUMER = "command_dispatcher_timers"
+# Dispatcher replica leases "d.<replica_id>" (per-message TTL): who runs which agent's timers.
+DISPATCHERS_BUCKET = "EDGE_DISPATCHERS"
+DISPATCHER_LEASE_PREFIX = "d"
 ACKS_STREAM = "EDGE_ACKS"  # acks the gateway could not hand over directly
 ACKS_CONSUMER = "command_dispatcher_acks"
-TIMERS_ALL = "edge.timers.>"
 ACKS_ALL = "edge.acked.*"
-
-
-def timer(edge_agent_id: str, command_id: str) -> str:
-    return f"edge.timers.{edge_agent_id}.{command_id}"
-
-
-def timers_of_agent(edge_agent_id: str) -> str:
-    return f"edge.timers.{edge_agent_id}.*"
-
-
-def parse_timer(subject: str) -> tuple[str, str]:
-    """`(edge_agent_id, command_id)` of a timer subject."""
-    _, _, edge_agent_id, command_id = subject.split(".", 3)
-    return edge_agent_id, command_id
-
-
-def acked(edge_agent_id: str) -> str:
-    return f"edge.acked.{edge_agent_id}"
+ACKS_STORED = "edge.acked.batch"  # a batch no dispatcher could take, stored for one to apply
 
 
 def agent_key(kind: str, edge_agent_id: str) -> str:

@@ -7,6 +7,8 @@ its own metrics in its `metrics.py`; one registry per service instance.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,11 +17,29 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 
 VERSION = "0.1.0"
 # SLO thresholds (0.1 s, 1 s, 5 s, 30 s) sit on bucket boundaries so alerts can use them exactly.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ByLabel:
+    """The children of a one-label metric, found by a dictionary lookup: `labels()` re-checks its
+    arguments on every call, which adds up at a few calls per frame or per command."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[str, Counter] = {}
+
+    def __call__(self, value: str) -> Counter:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._metric.labels(value)
+        return child
 
 
 class ServiceMetrics:
@@ -52,8 +72,32 @@ class ServiceMetrics:
         )
         self.draining = Gauge("ikiro_draining", "1 once shutdown has begun.", registry=r)
 
+    def count_nats_traffic(self, stats: Mapping[str, int]) -> None:
+        """Export the NATS client's own message and byte counts (its `stats`), read at scrape time."""
+        self.registry.register(_NatsTraffic(stats))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _NatsTraffic:
+    def __init__(self, stats: Mapping[str, int]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "ikiro_nats_messages", "Messages through this process's NATS connection.", labels=["direction"]
+        )
+        volume = CounterMetricFamily(
+            "ikiro_nats_payload_bytes",
+            "Payload bytes through this process's NATS connection.",
+            labels=["direction"],
+        )
+        for direction in ("in", "out"):
+            messages.add_metric([direction], self.stats[f"{direction}_msgs"])
+            volume.add_metric([direction], self.stats[f"{direction}_bytes"])
+        yield messages
+        yield volume
 
 
 class GatewayMetrics(ServiceMetrics):
@@ -69,11 +113,11 @@ class GatewayMetrics(ServiceMetrics):
         self.disconnects = Counter(
             f"{prefix}_disconnects_total", f"{peers} sockets closed, by close code.", ["code"], registry=r
         )
-        self.frames_in = Counter(
-            f"{prefix}_frames_received_total", f"Frames from {peers} by type.", ["type"], registry=r
+        self.frames_in = ByLabel(
+            Counter(f"{prefix}_frames_received_total", f"Frames from {peers} by type.", ["type"], registry=r)
         )
-        self.frames_out = Counter(
-            f"{prefix}_frames_sent_total", f"Frames to {peers} by type.", ["type"], registry=r
+        self.frames_out = ByLabel(
+            Counter(f"{prefix}_frames_sent_total", f"Frames to {peers} by type.", ["type"], registry=r)
         )
         self.frames_dropped = Counter(
             f"{prefix}_frames_dropped_total",

@@ -244,7 +244,7 @@ class ServerSocket:
                         await self.ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     self._sending = False
-                self.metrics.frames_out.labels(type=kind).inc()
+                self.metrics.frames_out(kind).inc()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self._interrupted or task is None:
