@@ -76,32 +76,35 @@ class Gateway:
 
         async def read() -> None:
             nonlocal pusher
-            await self.open(conn)
-            pusher = self.tasks.spawn(self.push_pending(conn), "push_pending")
-            await conn.read_frames(
-                functools.partial(handle_frame, conn, self.upstream),
-                self.settings.max_frame_bytes,
-                self.settings.idle_timeout_s,
-            )
+            try:
+                await self.open(conn)
+                pusher = self.tasks.spawn(self.push_pending(conn), "push_pending")
+                await conn.read_frames(
+                    functools.partial(handle_frame, conn, self.upstream),
+                    self.settings.max_frame_bytes,
+                    self.settings.idle_timeout_s,
+                )
+            except Exception:
+                log.exception("edge socket failed", extra={"edge_agent_id": conn.edge_agent_id})
+                conn.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
 
         try:
             await conn.run(read)
-        except Exception:
-            log.exception("edge socket failed", extra={"edge_agent_id": conn.edge_agent_id})
         finally:
-            if pusher is not None:
-                pusher.cancel()
-            code = conn.close_code
-            self.metrics.disconnects.labels(code=str(code)).inc()
-            log.info(
-                "edge agent disconnected",
-                extra={
-                    "edge_agent_id": conn.edge_agent_id,
-                    "connection_id": conn.connection_id,
-                    "code": code,
-                },
-            )
-            await self.close(conn)
+            # aiohttp may cancel this handler once the peer is gone: the release of the agent's
+            # presence runs in a task the gateway owns, which that cannot cut short.
+            await asyncio.shield(self.tasks.spawn(self._finish(conn, pusher), "edge_socket_cleanup"))
+
+    async def _finish(self, conn: EdgeConnection, pusher: asyncio.Task[None] | None) -> None:
+        if pusher is not None:
+            pusher.cancel()
+        code = conn.close_code
+        self.metrics.disconnects.labels(code=str(code)).inc()
+        log.info(
+            "edge agent disconnected",
+            extra={"edge_agent_id": conn.edge_agent_id, "connection_id": conn.connection_id, "code": code},
+        )
+        await self.close(conn)
 
     async def open(self, conn: EdgeConnection) -> None:
         """Make `conn` the agent's live socket here and everywhere, then announce it."""

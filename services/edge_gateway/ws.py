@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
@@ -54,7 +53,5 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
             "legacy": identity.legacy,
         },
     )
-    # aiohttp may cancel this handler once the peer is gone; the socket's life (and the presence
-    # release at its end) runs in a task the gateway owns, which that cannot cut short.
-    await asyncio.shield(gateway.tasks.spawn(gateway.serve(conn), "edge_socket"))
+    await gateway.serve(conn)
     return ws

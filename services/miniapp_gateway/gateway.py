@@ -109,9 +109,14 @@ class Gateway:
                 )
             )
         finally:
-            conn.stop_timers()
-            await self.hub.leave(conn, session)
-            self.metrics.disconnects.labels(code=str(conn.close_code)).inc()
+            # aiohttp may cancel this handler once the peer is gone: leaving the session (presence,
+            # counts) runs in a task the gateway owns, which that cannot cut short.
+            await asyncio.shield(self.tasks.spawn(self._leave(conn, session), "miniapp_socket_cleanup"))
+
+    async def _leave(self, conn: Connection, session: LocalSession) -> None:
+        conn.stop_timers()
+        await self.hub.leave(conn, session)
+        self.metrics.disconnects.labels(code=str(conn.close_code)).inc()
 
     async def drain(self) -> None:
         """Close every socket with 1012 and wait (bounded) until each has left its session."""

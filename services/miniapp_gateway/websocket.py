@@ -33,12 +33,6 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
         body = {"error": {"code": ErrorCode.UNAVAILABLE, "message": "draining, reconnect elsewhere"}}
         return web.json_response(body, status=503)
     gateway = request.app[GATEWAY]
-    # aiohttp may cancel this handler once the peer is gone; the socket's life (leaving the
-    # session above all) runs in a task the gateway owns, which that cannot cut short.
-    return await asyncio.shield(gateway.tasks.spawn(_serve_socket(request, gateway), "miniapp_socket"))
-
-
-async def _serve_socket(request: web.Request, gateway: Gateway) -> web.WebSocketResponse:
     settings = gateway.settings
     # aiohttp refuses an uncompressed frame of exactly `max_msg_size` bytes, and the contract allows
     # up to the limit; `read_frames` refuses what is over it (a deflated frame's off-by-one included).

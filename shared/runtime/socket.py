@@ -2,10 +2,12 @@
 
 The socket's own task reads; every frame out goes through the outbox to the single writer task,
 so no two places ever write to the socket (aiohttp shares one drain waiter per connection, and
-concurrent writers cancelling each other's waits is how frames and closes used to get lost).
-Anything may ask for the socket to close (`close_soon`: slow consumer, expired token, replaced,
-drain); the writer performs the close, after which the reader sees the socket end. A peer too
-slow to read is cut off (1013): the gateway never buffers without bound for one client.
+concurrent writers cancelling each other's waits is how frames and closes used to get lost). The
+writer runs only while there is something to write: an idle socket has no task of its own, which
+is most of what a gateway holding ten thousand of them spends its memory on. Anything may ask for
+the socket to close (`close_soon`: slow consumer, expired token, replaced, drain); the writer
+performs the close, after which the reader sees the socket end. A peer too slow to read is cut off
+(1013): the gateway never buffers without bound for one client.
 """
 
 from __future__ import annotations
@@ -41,16 +43,7 @@ class Outbox:
     to go when the reader falls behind.
     """
 
-    __slots__ = (
-        "_bytes",
-        "_closed",
-        "_frames",
-        "_ready",
-        "drop_after",
-        "droppable",
-        "max_bytes",
-        "max_frames",
-    )
+    __slots__ = ("_bytes", "_frames", "closed", "drop_after", "droppable", "max_bytes", "max_frames")
 
     def __init__(self, max_frames: int, max_bytes: int, droppable: str = "", drop_after: int = 0) -> None:
         self.max_frames = max_frames
@@ -59,8 +52,7 @@ class Outbox:
         self.drop_after = drop_after
         self._frames: deque[tuple[str, bytes]] = deque()
         self._bytes = 0
-        self._ready = asyncio.Event()
-        self._closed = False
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -74,7 +66,7 @@ class Outbox:
 
         Raises `SlowConsumer` when the queue would stay over its limits even without droppables.
         """
-        if self._closed or (kind == self.droppable and len(self._frames) >= self.drop_after):
+        if self.closed or (kind == self.droppable and len(self._frames) >= self.drop_after):
             return False
         self._frames.append((kind, data))
         self._bytes += len(data)
@@ -82,27 +74,22 @@ class Outbox:
             self._drop_droppable()
             if self._over():
                 raise SlowConsumer(f"{len(self._frames)} frames, {self._bytes} bytes waiting")
-        self._ready.set()
         return True
 
-    async def get(self) -> tuple[str, bytes] | None:
-        """The next frame; None once the outbox is closed and empty."""
-        while not self._frames:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
+    def pop(self) -> tuple[str, bytes] | None:
+        """The next frame, or None when there is none."""
+        if not self._frames:
+            return None
         kind, data = self._frames.popleft()
         self._bytes -= len(data)
         return kind, data
 
     def close(self, discard: bool = False) -> None:
         """Take nothing more; what is queued is still sent, unless `discard`."""
-        self._closed = True
+        self.closed = True
         if discard:
             self._frames.clear()
             self._bytes = 0
-        self._ready.set()
 
     def _over(self) -> bool:
         return len(self._frames) > self.max_frames or self._bytes > self.max_bytes
@@ -179,6 +166,8 @@ class ServerSocket:
             return False
         if not queued:
             self.metrics.frames_dropped.labels(type=kind).inc()
+        elif self._writer is None:
+            self._writer = asyncio.create_task(self._write())
         return queued
 
     def close_soon(self, code: int, reason: str) -> None:
@@ -189,13 +178,14 @@ class ServerSocket:
         # Frames queued before the close still go out first, but not to a peer that does not read.
         slow = code == CloseCode.TRY_AGAIN_LATER
         self.outbox.close(discard=slow)
-        if slow and self._sending and self._writer is not None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        elif slow and self._sending:
             self._interrupted = True
             self._writer.cancel()
 
     async def run(self, read: Callable[[], Awaitable[None]]) -> None:
-        """Read with `read` in this task, write in one other; return once the socket is closed."""
-        self._writer = asyncio.create_task(self._write_loop())
+        """Read with `read` in this task until the socket ends; return once it is closed."""
         try:
             await read()
         finally:
@@ -203,10 +193,12 @@ class ServerSocket:
                 self.outbox.close(discard=True)  # the peer closed: nothing left to send
             else:
                 self.close_soon(CloseCode.NORMAL, "")
-            done, _ = await asyncio.wait({self._writer}, timeout=CLOSE_TIMEOUT_S + 1.0)
-            if not done:
-                self._writer.cancel()
-                self._abort()
+            writer = self._writer
+            if writer is not None:
+                done, _ = await asyncio.wait({writer}, timeout=CLOSE_TIMEOUT_S + 1.0)
+                if not done:
+                    writer.cancel()
+                    self._abort()
 
     async def read_frames(
         self,
@@ -234,9 +226,10 @@ class ServerSocket:
             else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has closed the socket)
                 return
 
-    async def _write_loop(self) -> None:
+    async def _write(self) -> None:
+        """Write what is queued, then close if a close was asked for; exit when there is nothing."""
         try:
-            while (item := await self.outbox.get()) is not None:
+            while (item := self.outbox.pop()) is not None:
                 kind, frame = item
                 self._sending = True
                 try:
@@ -255,6 +248,9 @@ class ServerSocket:
             self.close_soon(CloseCode.TRY_AGAIN_LATER, "too slow to read")
         except (ConnectionError, RuntimeError):
             pass  # the peer is gone; the close below only tidies up
+        if self.close_request is None and not self.outbox.closed:
+            self._writer = None  # idle again (nothing was awaited since the queue was found empty)
+            return
         await self._close()
 
     async def _close(self) -> None:
