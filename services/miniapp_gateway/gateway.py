@@ -70,7 +70,7 @@ class Gateway:
             settings.max_state_bytes + settings.max_frame_bytes + MAX_MEMBERS_BYTES + 4096,
         )
         state = StateStore(
-            store.sessions, self.metrics, settings.max_state_bytes, settings.session_idle_ttl_s
+            store.sessions, self.metrics, self.tasks, settings.max_state_bytes, settings.session_idle_ttl_s
         )
         presence = Presence(
             self.nc,

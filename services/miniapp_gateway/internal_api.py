@@ -41,14 +41,14 @@ class InternalApi:
         """Apply a server-sourced merge patch; reply with the new version."""
         request = parse_request(STATE_UPDATE_REQUEST, body)
         session = self.hub.sessions.get(request.session_id)
-        record = await self.store.apply(
+        version = await self.store.apply(
             request.session_id,
             request.patch,
             request.base_version,
             Source.SERVER,
             cached=session.cached() if session is not None else None,
         )
-        return StateUpdateReply(version=record.version).model_dump()
+        return StateUpdateReply(version=version).model_dump()
 
     async def handle_get(self, body: bytes) -> dict[str, Any]:
         """The session's state, version, members and who is connected, across every replica."""

@@ -206,21 +206,22 @@ class LocalSession:
                 self.record = record
             return
         self.record = record
-        if record.version != current + 1 or record.patch is None:
+        if not record.updates or record.updates[0].version != current + 1:
             # More versions went by than the bucket keeps: sockets could not be told in order.
             log.warning("session watcher fell behind", extra={"session_id": self.session_id})
             self.close_all(CloseCode.TRY_AGAIN_LATER, "fell behind, reconnect")
             return
-        peer = record.source is Source.PEER
-        data = StateUpdateData(
-            patch=record.patch,
-            version=record.version,
-            source=record.source,
-            user_id=record.user_id if peer else None,
-            connection_id=record.connection_id if peer else None,
-            client_msg_id=record.client_msg_id,
-        )
-        self.broadcast("state_update", codec.encode("state_update", data))
+        for update in record.updates:
+            peer = update.source is Source.PEER
+            data = StateUpdateData(
+                patch=update.patch,
+                version=update.version,
+                source=update.source,
+                user_id=update.user_id if peer else None,
+                connection_id=update.connection_id if peer else None,
+                client_msg_id=update.client_msg_id,
+            )
+            self.broadcast("state_update", codec.encode("state_update", data))
         self.metrics.fanout.observe(max(0.0, time.time() - record.at))
 
     def admits(self, user_id: str) -> bool:

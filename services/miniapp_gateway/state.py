@@ -1,8 +1,10 @@
-"""Authoritative session state in JetStream KV: one key per session, one revision per version.
+"""Authoritative session state in JetStream KV: one key per session, versions 1, 2, 3, ... in order.
 
-Every accepted update is a compare-and-set on the key's revision, so concurrent writers on any
-replica produce versions 1, 2, 3, ... with no gaps and no forks. Writers on one replica queue on a
-per-session lock first, which leaves only cross-replica races to the compare-and-set.
+Every write is a compare-and-set on the key's revision, so concurrent writers on any replica
+produce versions with no gaps and no forks. Updates that arrive on one replica while its write
+for the session is on its way are written together in the next one (each still its own version,
+checked against the version before it), so a burst of updates costs a few writes, not one each,
+and the replicas race each other only once per write.
 """
 
 from __future__ import annotations
@@ -10,31 +12,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from shared.broker.kv import Bucket, ModelCodec, WrongRevision, compare_and_set
+from shared.broker.kv import Bucket, Change, ModelCodec, WrongRevision, compare_and_set
 from shared.protocol import codec
 from shared.protocol.errors import ErrorCode, IkiroError
-from shared.protocol.miniapp import SESSION_RECORD, SessionRecord, Source
+from shared.protocol.miniapp import MAX_FRAME_BYTES, SESSION_RECORD, SessionRecord, Source, Update
+from shared.runtime.tasks import TaskOwner
 
 from .mergepatch import merge_patch
 from .metrics import MiniAppGatewayMetrics
 
 SESSION_CODEC = ModelCodec(SESSION_RECORD)
+# The patches written together in one record: at most one frame's worth, so a record stays within
+# the bucket's value limit (state + one frame + members).
+BATCH_BYTES = MAX_FRAME_BYTES
+
+
+@dataclass(slots=True)
+class _Pending:
+    patch: dict[str, Any]
+    size: int
+    base_version: int | None
+    source: Source
+    user_id: str | None
+    connection_id: str | None
+    client_msg_id: str | None
+    done: asyncio.Future[int]  # the version it became, or the error that refused it
+
+
+@dataclass(slots=True)
+class _Queue:
+    """One session's updates on this replica, waiting for the write in flight to finish."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    cached: tuple[SessionRecord, int] | None = None
 
 
 class StateStore:
     def __init__(
-        self, bucket: Bucket, metrics: MiniAppGatewayMetrics, max_state_bytes: int, idle_ttl_s: int
+        self,
+        bucket: Bucket,
+        metrics: MiniAppGatewayMetrics,
+        owner: TaskOwner,
+        max_state_bytes: int,
+        idle_ttl_s: int,
     ) -> None:
         self.bucket = bucket
         self.metrics = metrics
+        self.owner = owner
         self.max_state_bytes = max_state_bytes
         self.idle_ttl_s = idle_ttl_s
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._queues: dict[str, _Queue] = {}
 
     async def load(self, session_id: str, fresh: bool = False) -> tuple[SessionRecord, int]:
         """The session's record and revision; an empty version-0 record for a new session."""
@@ -51,72 +83,119 @@ class StateStore:
         connection_id: str | None = None,
         client_msg_id: str | None = None,
         cached: tuple[SessionRecord, int] | None = None,
-    ) -> SessionRecord:
-        """Apply one merge patch as the next version; refused updates change nothing."""
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = self._locks[session_id] = asyncio.Lock()
-        async with lock:
-            try:
-                record = await self._apply(
-                    session_id, patch, base_version, source, user_id, connection_id, client_msg_id, cached
-                )
-            except IkiroError as err:
-                self.metrics.state_updates.labels(source=source, result=err.code).inc()
-                raise
-            self.metrics.state_updates.labels(source=source, result="accepted").inc()
-            return record
+    ) -> int:
+        """Apply one merge patch as the next version and return it; a refused update changes nothing
+        and raises its error. `cached` is this replica's view of the record, which may lag."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        update = _Pending(
+            patch, len(orjson.dumps(patch)), base_version, source, user_id, connection_id, client_msg_id, done
+        )
+        queue = self._queues.get(session_id)
+        if queue is None:
+            queue = self._queues[session_id] = _Queue(cached=cached)
+            self.owner.spawn(self._write_all(session_id, queue), "session_write")
+        queue.pending.append(update)
+        return await done
 
-    async def _apply(
-        self,
-        session_id: str,
-        patch: dict[str, Any],
-        base_version: int | None,
-        source: Source,
-        user_id: str | None,
-        connection_id: str | None,
-        client_msg_id: str | None,
-        cached: tuple[SessionRecord, int] | None,
-    ) -> SessionRecord:
-        def next_version(current: SessionRecord | None) -> SessionRecord:
+    async def _write_all(self, session_id: str, queue: _Queue) -> None:
+        """Write the session's queued updates, a batch per write, until none is left."""
+        try:
+            while queue.pending:
+                batch: list[_Pending] = []
+                size = 0
+                while queue.pending and (not batch or size + queue.pending[0].size <= BATCH_BYTES):
+                    size += queue.pending[0].size
+                    batch.append(queue.pending.pop(0))
+                cached, queue.cached = queue.cached, None
+                await self._write(session_id, batch, cached)
+        except Exception as err:
+            failure = (
+                err if isinstance(err, IkiroError) else IkiroError("internal error", ErrorCode.INTERNAL_ERROR)
+            )
+            for update in queue.pending:
+                if not update.done.done():  # its sender may have gone (a cancelled await)
+                    update.done.set_exception(failure)
+            raise
+        finally:
+            del self._queues[session_id]
+
+    async def _write(
+        self, session_id: str, batch: list[_Pending], cached: tuple[SessionRecord, int] | None
+    ) -> None:
+        outcomes: list[int | IkiroError] = []
+
+        def next_versions(current: SessionRecord | None) -> SessionRecord | None:
             current = current or SessionRecord()
-            if base_version is not None and base_version != current.version:
-                raise IkiroError(
-                    f"base_version {base_version} is not the current version {current.version}",
-                    ErrorCode.VERSION_CONFLICT,
-                    version=current.version,
+            outcomes.clear()
+            state, version, updates = current.state, current.version, []
+            for item in batch:
+                if item.base_version is not None and item.base_version != version:
+                    outcomes.append(
+                        IkiroError(
+                            f"base_version {item.base_version} is not the current version {version}",
+                            ErrorCode.VERSION_CONFLICT,
+                            version=version,
+                        )
+                    )
+                    continue
+                merged = merge_patch(state, item.patch)
+                size = len(orjson.dumps(merged))
+                if size > self.max_state_bytes:
+                    outcomes.append(
+                        IkiroError(
+                            f"state would be {size} bytes, over the {self.max_state_bytes} byte limit",
+                            ErrorCode.STATE_TOO_LARGE,
+                        )
+                    )
+                    continue
+                state, version = merged, version + 1
+                updates.append(
+                    Update(
+                        version=version,
+                        patch=item.patch,
+                        source=item.source,
+                        user_id=item.user_id,
+                        connection_id=item.connection_id,
+                        client_msg_id=item.client_msg_id,
+                    )
                 )
-            state = merge_patch(current.state, patch)
-            size = len(orjson.dumps(state))
-            if size > self.max_state_bytes:
-                raise IkiroError(
-                    f"state would be {size} bytes, over the {self.max_state_bytes} byte limit",
-                    ErrorCode.STATE_TOO_LARGE,
-                )
-            return SessionRecord(
-                state=state,
-                version=current.version + 1,
-                patch=patch,
-                source=source,
-                user_id=user_id,
-                connection_id=connection_id,
-                client_msg_id=client_msg_id,
-                at=time.time(),
-                configured=current.configured,
-                members=current.members,
+                outcomes.append(version)
+            if not updates:
+                return None
+            return current.model_copy(
+                update={"state": state, "version": version, "updates": updates, "at": time.time()}
             )
 
+        try:
+            written = await self._compare_and_set(session_id, next_versions, cached)
+            if written is None and cached is not None and any(isinstance(o, IkiroError) for o in outcomes):
+                # Refused against this replica's view, which may lag the store: ask the store.
+                await self._compare_and_set(session_id, next_versions, None)
+        except IkiroError as err:
+            outcomes = [err] * len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, IkiroError):
+                self.metrics.state_updates.labels(source=item.source, result=outcome.code).inc()
+                if not item.done.done():
+                    item.done.set_exception(outcome)
+            else:
+                self.metrics.state_updates.labels(source=item.source, result="accepted").inc()
+                if not item.done.done():
+                    item.done.set_result(outcome)
+
+    async def _compare_and_set(
+        self, session_id: str, change: Change[SessionRecord], cached: tuple[SessionRecord, int] | None
+    ) -> SessionRecord | None:
         done = await compare_and_set(
             self.bucket,
             session_id,
             SESSION_CODEC,
-            next_version,
+            change,
             cached=cached,
             ttl_s=self.idle_ttl_s,
             on_conflict=self.metrics.write_conflicts.inc,
         )
-        assert done is not None
-        return done[0]
+        return done[0] if done is not None else None
 
     async def configure(
         self, session_id: str, members: list[str] | None
@@ -127,7 +206,7 @@ class StateStore:
             current = current or SessionRecord()
             listed = list(dict.fromkeys(members)) if members is not None else None
             return current.model_copy(
-                update={"patch": None, "at": time.time(), "configured": True, "members": listed}
+                update={"updates": [], "at": time.time(), "configured": True, "members": listed}
             )
 
         done = await compare_and_set(
@@ -144,7 +223,7 @@ class StateStore:
 
     async def touch(self, session_id: str, current: SessionRecord, revision: int) -> None:
         """Renew the idle TTL of a session that still has connections (same version, no patch)."""
-        renewed = current.model_copy(update={"patch": None, "at": time.time()})
+        renewed = current.model_copy(update={"updates": [], "at": time.time()})
         # A concurrent write renewed it too, so losing the compare-and-set is fine.
         with contextlib.suppress(WrongRevision):
             await self.bucket.write(session_id, codec.dumps(renewed), revision, self.idle_ttl_s)

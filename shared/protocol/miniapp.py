@@ -244,22 +244,29 @@ TYPING_NOTICE: TypeAdapter[TypingNotice] = TypeAdapter(TypingNotice)
 # --- JetStream records ---
 
 
-class SessionRecord(BaseModel):
-    """The value of a session's key: the state after `version`, the update that made it, and who
-    may join.
+class Update(BaseModel):
+    """One accepted update: the patch that made `version`, and who sent it."""
 
-    `patch` is None for a record that changes no state (same version): one that only renews the
+    version: int
+    patch: dict[str, Any]
+    source: Source
+    user_id: str | None = None
+    connection_id: str | None = None
+    client_msg_id: str | None = None
+
+
+class SessionRecord(BaseModel):
+    """The value of a session's key: the state after `version`, the updates that made it since the
+    previous record (several, when they were written together), and who may join.
+
+    `updates` is empty for a record that changes no state (same version): one that only renews the
     session's idle TTL, or sets its members.
     """
 
     state: dict[str, Any] = Field(default_factory=dict)
     version: int = 0
-    patch: dict[str, Any] | None = None
-    source: Source = Source.SERVER
-    user_id: str | None = None
-    connection_id: str | None = None
-    client_msg_id: str | None = None
-    at: float = 0.0  # unix seconds when the update was accepted
+    updates: list[Update] = Field(default_factory=list)
+    at: float = 0.0  # unix seconds when it was written
     # Set by `miniapp.sessions.configure`: the listed users may join (None: every authenticated
     # user). An unconfigured session follows MINIAPP_SESSION_ACCESS.
     configured: bool = False
