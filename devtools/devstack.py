@@ -28,7 +28,7 @@ RUN_DIR = ROOT / ".run"
 DEV_JWT_SECRET = "dev-supabase-jwt-secret-at-least-32-bytes"
 SAMPLE_AGENT = "dev-agent-1"
 SAMPLE_SESSION = "dev-session-1"
-SAMPLE_USER = "dev-user-1"
+SAMPLE_USERS = ("dev-user-1", "dev-user-2")
 
 
 @dataclass
@@ -99,11 +99,16 @@ def banner(services: list[Service], nats_url: str, edge_secret: str, extras: lis
 
 
 def miniapp_lines(url: str, jwt_secret: str) -> list[str]:
-    jwt = mint_dev_token(SAMPLE_USER, jwt_secret, "authenticated", 3600)
+    jwt, other = (mint_dev_token(user, jwt_secret, "authenticated", 3600) for user in SAMPLE_USERS)
     ws = url.replace("http", "ws", 1)
+    page = f"{url}/dev/miniapp/{SAMPLE_SESSION}"
     return [
-        f"  dev MiniApp JWT ({SAMPLE_USER}, 1 h): {jwt}",
+        f"  dev MiniApp JWT ({SAMPLE_USERS[0]}, 1 h): {jwt}",
         f"  MiniApp WebSocket    {ws}/ws/miniapp/{SAMPLE_SESSION}?token={jwt}",
+        "",
+        "Open the live MiniApp dev page in two tabs (two users; the page refreshes its token itself):",
+        f"  {page}?token={jwt}",
+        f"  {page}?token={other}",
     ]
 
 

@@ -114,13 +114,12 @@ class Dispatcher:
             await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
 
     async def drain(self) -> None:
-        """Take no new requests, let in-flight ones finish, stop the timers, give up our agents."""
+        """Take no new requests and let in-flight ones finish."""
         for sub in self.subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         self.subs.clear()
         await self.requests.join()
-        await self.stop()
 
     async def stop(self) -> None:
         await self.tasks.close()

@@ -61,7 +61,6 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.shutdown_grace_s / 2):
                 await self.all_closed.wait()
-        await self.stop()
 
     async def stop(self) -> None:
         if self._presence_sub is not None:

@@ -8,6 +8,7 @@ from nats.aio.client import Client as NATS
 from shared.runtime.service import service_app
 
 from .config import MiniAppSettings
+from .devpage import add_dev_routes
 from .gateway import GATEWAY, Gateway
 from .metrics import MiniAppGatewayMetrics
 from .websocket import handle_socket
@@ -20,4 +21,6 @@ def create_app(
     app = service_app(gateway, nc, gateway.metrics)
     app[GATEWAY] = gateway
     app.router.add_get("/ws/miniapp/{session_id:[^/]*}", handle_socket)
+    if settings.dev_page:
+        add_dev_routes(app, settings)
     return app

@@ -27,6 +27,8 @@ class MiniAppSettings(ServiceSettings):
     # Who may join a session nobody configured: only listed members (the default in production)
     # or any authenticated user (the default elsewhere). DESIGN section 5, "Who may join".
     miniapp_session_access: Literal["members", "open"] | None = None
+    # The development page (`devpage.py`): on by default in development only, never in production.
+    miniapp_dev_page: bool | None = None
 
     # Contract limits (DESIGN section 5).
     max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=1024)
@@ -61,6 +63,12 @@ class MiniAppSettings(ServiceSettings):
             return self.environment is not Environment.PRODUCTION
         return self.miniapp_session_access == "open"
 
+    @property
+    def dev_page(self) -> bool:
+        if self.miniapp_dev_page is None:
+            return self.environment is Environment.DEVELOPMENT
+        return self.miniapp_dev_page
+
     @model_validator(mode="after")
     def _needs_a_key(self) -> Self:
         if not self.supabase_jwt_secret and not self.supabase_jwks_url and not self.supabase_jwks_file:
@@ -70,6 +78,8 @@ class MiniAppSettings(ServiceSettings):
             )
         if self.supabase_jwks_url and self.supabase_jwks_file:
             raise ValueError("set only one of SUPABASE_JWKS_URL and SUPABASE_JWKS_FILE")
+        if self.miniapp_dev_page and self.environment is Environment.PRODUCTION:
+            raise ValueError("MINIAPP_DEV_PAGE cannot be on when ENVIRONMENT=production")
         if self.heartbeat_interval_s * 2 > self.presence_ttl_s:
             raise ValueError("HEARTBEAT_INTERVAL_S must be at most half of PRESENCE_TTL_S")
         return self

@@ -128,7 +128,6 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.shutdown_grace_s / 2):
                 await self.hub.all_left.wait()
-        await self.stop()
 
     async def stop(self) -> None:
         await self.requests.close()

@@ -2,8 +2,9 @@
 
 Every service is an object with a `TaskOwner` and three steps: `start` (connect its NATS parts),
 `drain` (stop accepting work, close sockets with 1012, finish what is in flight) and `stop`
-(cancel what is left). `service_app` wraps it in an aiohttp app with `/healthz`, `/readyz` and
-`/metrics`; `run_service` runs it as a process until SIGTERM.
+(cancel what is left, give up leases; called once, while NATS is still connected). `service_app`
+wraps it in an aiohttp app with `/healthz`, `/readyz` and `/metrics`; `run_service` runs it as a
+process until SIGTERM.
 
 Stop order (DESIGN section 2): `/readyz` 503 at once -> wait `SHUTDOWN_DELAY_S` -> the service's
 drain -> drain NATS -> close the listener and exit, all within `SHUTDOWN_GRACE_S`.
@@ -50,6 +51,7 @@ CLOSING = web.AppKey("closing", asyncio.Event)  # set SHUTDOWN_DELAY_S later: no
 NATS_CLIENT = web.AppKey("nats", NATS)
 METRICS = web.AppKey("metrics", ServiceMetrics)
 SERVICE = web.AppKey("service", Service)
+STOPPED = web.AppKey("stopped", asyncio.Event)
 
 
 def service_app(service: Service, nc: NATS, metrics: ServiceMetrics, **options: Any) -> web.Application:
@@ -60,6 +62,7 @@ def service_app(service: Service, nc: NATS, metrics: ServiceMetrics, **options: 
     app[NATS_CLIENT] = nc
     app[METRICS] = metrics
     app[SERVICE] = service
+    app[STOPPED] = asyncio.Event()
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -72,10 +75,16 @@ def new_task_owner(metrics: ServiceMetrics) -> TaskOwner:
 
 
 async def _run(app: web.Application) -> AsyncIterator[None]:
-    service = app[SERVICE]
-    await service.start()
+    await app[SERVICE].start()
     yield
-    await service.stop()
+    await stop_service(app)
+
+
+async def stop_service(app: web.Application) -> None:
+    """The service's `stop`, once (the ordered shutdown runs it before NATS drains)."""
+    if not app[STOPPED].is_set():
+        app[STOPPED].set()
+        await app[SERVICE].stop()
 
 
 def accepts_sockets(app: web.Application) -> bool:
@@ -126,6 +135,7 @@ async def serve(app: web.Application, settings: ServiceSettings, stop: asyncio.E
             await asyncio.sleep(settings.shutdown_delay_s)
             app[CLOSING].set()
             await app[SERVICE].drain()
+            await stop_service(app)
             if nc.is_connected:
                 with contextlib.suppress(Exception):
                     await nc.drain()

@@ -1,0 +1,71 @@
+"""The development page: a live view of a session, built on the browser client (web/).
+
+Served only when MINIAPP_DEV_PAGE is on (the default with ENVIRONMENT=development, refused in
+production) and never routed by the production ingress, which carries only the socket path:
+
+  GET /dev/miniapp/{session_id}?token=<jwt>   the page
+  GET /dev/assets/{file}                      the page's script and style, and the client module
+  GET /dev/token?user_id=<id>                 a fresh dev token, for the page's in-band refresh
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+from shared.protocol.miniapp import USER_ID_PATTERN
+from shared.protocol.subjects import is_token
+from shared.supabase import mint_dev_token
+
+from .config import MiniAppSettings
+
+WEB = Path(__file__).resolve().parents[2] / "web"
+PAGE = WEB / "miniapp-dev" / "index.html"
+ASSETS = {
+    "dev.js": WEB / "miniapp-dev" / "dev.js",
+    "dev.css": WEB / "miniapp-dev" / "dev.css",
+    "miniapp-client.js": WEB / "miniapp-client" / "miniapp-client.js",
+}
+CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+DEV_TOKEN_TTL_S = 3600
+SETTINGS = web.AppKey("miniapp_dev_settings", MiniAppSettings)
+USER_ID = re.compile(USER_ID_PATTERN)
+
+
+def add_dev_routes(app: web.Application, settings: MiniAppSettings) -> None:
+    app[SETTINGS] = settings
+    app.router.add_get("/dev/miniapp/{session_id}", page)
+    app.router.add_get("/dev/assets/{name}", asset)
+    app.router.add_get("/dev/token", token)
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    if not is_token(request.match_info["session_id"]):
+        raise web.HTTPBadRequest(text="malformed session id")
+    return _file(PAGE)
+
+
+async def asset(request: web.Request) -> web.StreamResponse:
+    path = ASSETS.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return _file(path)
+
+
+async def token(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    user_id = request.query.get("user_id", "")
+    if not USER_ID.fullmatch(user_id):
+        raise web.HTTPBadRequest(text="user_id must be 1 to 256 printable characters without spaces")
+    if not settings.supabase_jwt_secret:
+        raise web.HTTPNotFound(text="dev tokens need SUPABASE_JWT_SECRET (HS256)")
+    minted = mint_dev_token(user_id, settings.supabase_jwt_secret, settings.jwt_audience, DEV_TOKEN_TTL_S)
+    return web.json_response({"token": minted}, headers={"Cache-Control": "no-store"})
+
+
+def _file(path: Path) -> web.FileResponse:
+    return web.FileResponse(
+        path, headers={"Content-Type": CONTENT_TYPES[path.suffix], "Cache-Control": "no-store"}
+    )
