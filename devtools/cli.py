@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 
-from devtools import miniapp_cli
+from devtools import miniapp_cli, permissions
 from devtools.console import nats_client, print_json
 from shared.auth import DEV_EDGE_SECRET, generate_edge_token
 from shared.client import CommandClient, Submitted
@@ -91,6 +91,16 @@ async def cmd_sim_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_nats_permissions(args: argparse.Namespace) -> int:
+    """Each service's NATS user, least privilege: as `nsc` commands, or as nats-server config."""
+    if args.format == "conf":
+        print(permissions.server_config(args.password_env))
+    else:
+        for command in permissions.nsc_commands(args.account):
+            print(command)
+    return 0
+
+
 async def cmd_stack(args: argparse.Namespace) -> int:
     from devtools.devstack import run_stack
 
@@ -143,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=2.0, help="seconds between /edge/sync polls")
 
     add("stack", cmd_stack, "run NATS and every service locally until Ctrl-C")
+
+    p = add("nats-permissions", cmd_nats_permissions, "print each service's NATS user (least privilege)")
+    p.add_argument("--format", choices=["nsc", "conf"], default="nsc")
+    p.add_argument("--account", default="IKIRO", help="nsc: the account the users belong to")
+    p.add_argument(
+        "--password-env", default="NATS_PASSWORD_", help="conf: passwords read from $<this><USER> at load"
+    )
 
     miniapp_cli.add_commands(sub)
     return parser

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from shared.broker.streams import ensure_edge
+from shared.broker.streams import ensure_edge_gateway
 from shared.protocol import codec, subjects
 from shared.protocol.agents import PRESENCE_EVENT
 from shared.protocol.errors import CloseCode, IkiroError
@@ -50,8 +50,8 @@ class Gateway:
         self.upstream: Upstream
 
     async def start(self) -> None:
-        edge = await ensure_edge(self.nc.jetstream(), self.settings.jetstream_replicas)
-        self.upstream = Upstream(self.nc, edge.agents, self.tasks, self.settings.upstream_timeout_s)
+        agents = await ensure_edge_gateway(self.nc.jetstream(), self.settings.jetstream_replicas)
+        self.upstream = Upstream(self.nc, agents, self.tasks, self.settings.upstream_timeout_s)
         self._presence_sub = await self.nc.subscribe(subjects.PRESENCE_ALL, cb=self._on_presence)
 
     async def drain(self) -> None:

@@ -94,6 +94,7 @@ def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig, KeyValu
 
 
 async def ensure_edge(js: JetStreamContext, replicas: int) -> EdgeStore:
+    """Everything of the edge path (the dispatcher's start)."""
     for config in edge_streams(replicas):
         await ensure_stream(js, config)
     commands, agents, dispatchers = edge_buckets(replicas)
@@ -102,6 +103,14 @@ async def ensure_edge(js: JetStreamContext, replicas: int) -> EdgeStore:
         agents=await ensure_bucket(js, agents),
         dispatchers=await ensure_bucket(js, dispatchers),
     )
+
+
+async def ensure_edge_gateway(js: JetStreamContext, replicas: int) -> Bucket:
+    """What an edge gateway writes (the agents bucket, the stored-acks stream), and nothing more:
+    its NATS user may create only these."""
+    for config in edge_streams(replicas):
+        await ensure_stream(js, config)
+    return await ensure_bucket(js, edge_buckets(replicas)[1])
 
 
 @dataclass(frozen=True, slots=True)
