@@ -4,19 +4,24 @@ order to everyone, actions and typing to the others, ping, late joiners."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
+import pytest
 from nats.aio.client import Client as NATS
 
-from tests.contract_miniapp.support import Browser, Replica, call, join, listen, new_session, new_user
+from tests.harness.bus import assert_ok, request, subscribe
+from tests.harness.miniapp import join, new_session, new_user
+from tests.harness.proc import Service
+from tests.harness.ws import Socket
 
 
 async def four_browsers(
-    http: aiohttp.ClientSession, replicas: tuple[Replica, Replica], session: str
-) -> list[tuple[Browser, dict[str, Any]]]:
+    http: aiohttp.ClientSession, replicas: tuple[Service, Service], session: str
+) -> list[tuple[Socket, dict[str, Any]]]:
     """Two sockets on each replica, every `joined` already read by everyone."""
-    joined: list[tuple[Browser, dict[str, Any]]] = []
+    joined: list[tuple[Socket, dict[str, Any]]] = []
     for replica in (replicas[0], replicas[1], replicas[0], replicas[1]):
         browser, connected = await join(http, replica, session)
         for earlier, _ in joined:
@@ -26,7 +31,7 @@ async def four_browsers(
 
 
 async def test_joined_and_left_reach_the_others_on_every_replica_with_counts(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
     a, b = replicas
     session = new_session()
@@ -55,13 +60,13 @@ async def test_joined_and_left_reach_the_others_on_every_replica_with_counts(
 
 
 async def test_every_connection_gets_every_update_in_version_order_with_client_msg_ids(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
     session = new_session()
     browsers = await four_browsers(http, replicas, session)
     per_sender = 5
 
-    async def send_all(index: int, browser: Browser) -> None:
+    async def send_all(index: int, browser: Socket) -> None:
         for n in range(per_sender):
             await browser.send(
                 "state_update", {"patch": {f"k{index}": n, "last": index}, "client_msg_id": f"m-{index}-{n}"}
@@ -94,7 +99,7 @@ async def test_every_connection_gets_every_update_in_version_order_with_client_m
 
 
 async def test_update_is_an_rfc7396_merge_patch_and_the_late_joiner_gets_the_full_state(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
     a, b = replicas
     session = new_session()
@@ -122,7 +127,7 @@ async def test_update_is_an_rfc7396_merge_patch_and_the_late_joiner_gets_the_ful
 
 
 async def test_base_version_must_be_current_else_version_conflict_with_the_current_version(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
     a, b = replicas
     session = new_session()
@@ -146,7 +151,7 @@ async def test_base_version_must_be_current_else_version_conflict_with_the_curre
 
 
 async def test_current_base_version_is_accepted_right_after_a_server_update_on_any_replica(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, bus: NATS
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
     a, b = replicas
     session = new_session()
@@ -156,7 +161,7 @@ async def test_current_base_version_is_accepted_right_after_a_server_update_on_a
     for n in range(20):
         # A server-sourced update (any replica answers), then a peer update based on its version:
         # that version is current, whatever the socket's replica has fanned out so far.
-        version = (await _server_update(bus, session, {"s": n}, version))["version"]
+        version = (await _server_update(nc, session, {"s": n}, version))["version"]
         browser = (here, there)[n % 2]
         await browser.send(
             "state_update", {"patch": {"p": n}, "base_version": version, "client_msg_id": f"c{n}"}
@@ -173,18 +178,16 @@ async def test_current_base_version_is_accepted_right_after_a_server_update_on_a
         await browser.close()
 
 
-async def _server_update(bus: NATS, session: str, patch: dict[str, Any], base: int) -> dict[str, Any]:
-    request = {"session_id": session, "patch": patch, "base_version": base}
-    reply = await call(bus, "miniapp.sessions.state_update", request)
-    assert reply["ok"] is True, reply
-    return reply
+async def _server_update(nc: NATS, session: str, patch: dict[str, Any], base: int) -> dict[str, Any]:
+    body = {"session_id": session, "patch": patch, "base_version": base}
+    return assert_ok(await request(nc, "miniapp.sessions.state_update", body))
 
 
 async def test_action_goes_to_every_other_connection_and_to_miniapp_actions(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, bus: NATS
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
     session = new_session()
-    published = await listen(bus, f"miniapp.actions.{session}")
+    published = await subscribe(nc, f"miniapp.actions.{session}")
     browsers = await four_browsers(http, replicas, session)
     sender, connected = browsers[0]
     payload = {"move": "e4", "nested": {"n": None}, "list": [1, None]}
@@ -210,10 +213,10 @@ async def test_action_goes_to_every_other_connection_and_to_miniapp_actions(
 
 
 async def test_action_payload_is_relayed_even_when_null(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, bus: NATS
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
     session = new_session()
-    published = await listen(bus, f"miniapp.actions.{session}")
+    published = await subscribe(nc, f"miniapp.actions.{session}")
     sender, _ = await join(http, replicas[0], session)
     other, _ = await join(http, replicas[1], session)
     await sender.send("action", {"action": "ready", "payload": None})
@@ -227,7 +230,7 @@ async def test_action_payload_is_relayed_even_when_null(
 
 
 async def test_typing_reaches_the_others_as_presence_typing_but_not_the_sender(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
     session = new_session()
     browsers = await four_browsers(http, replicas, session)
@@ -252,7 +255,7 @@ async def test_typing_reaches_the_others_as_presence_typing_but_not_the_sender(
 
 
 async def test_ping_is_answered_with_pong(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
     browser, _ = await join(http, replicas[1], new_session())
     await browser.send("ping")
@@ -260,25 +263,50 @@ async def test_ping_is_answered_with_pong(
     await browser.close()
 
 
-async def test_unusable_frames_get_an_error_and_the_socket_stays_open(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession
+UNUSABLE_FRAMES = [
+    "{nope",
+    "",
+    '{"data": {}}',
+    "[1, 2]",
+    '{"type": "teleport", "data": {"client_msg_id": "t1"}}',
+    '{"type": "state_update", "data": {"patch": [1]}}',
+    '{"type": "state_update", "data": {"patch": "x", "client_msg_id": "bad"}}',
+    *(
+        f'{{"type": "state_update", "data": {{"patch": {{"x": 9}}, "base_version": {v}}}}}'
+        for v in ('"1"', "1.5", "true", "-1")
+    ),
+    '{"type": "action", "data": {"payload": 1}}',
+    '{"type": "action", "data": {"action": ""}}',
+    '{"type": "typing", "data": {"is_typing": "yes"}}',
+    '{"type": "auth", "data": {}}',
+]
+
+
+@pytest.mark.parametrize("frame", UNUSABLE_FRAMES)
+async def test_unusable_frame_gets_an_error_changes_nothing_and_the_socket_stays_open(
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS, frame: str
 ) -> None:
-    browser, _ = await join(http, replicas[0], new_session())
-    await browser.ws.send_str("{nope")
-    assert set(await browser.expect("error")) >= {"code", "message"}
-    await browser.send("teleport", {"client_msg_id": "t1"})
+    session = new_session()
+    browser, _ = await join(http, replicas[0], session)
+    other, _ = await join(http, replicas[1], session)
+    await browser.expect("presence", event="joined")
+    await browser.send("state_update", {"patch": {"x": 1}})
+    await other.expect("state_update", version=1)
+    await browser.send_raw(frame)
     error = await browser.expect("error")
-    assert error["client_msg_id"] == "t1"
-    await browser.send("state_update", {"patch": "not an object", "client_msg_id": "bad"})
-    error = await browser.expect("error")
-    assert error["client_msg_id"] == "bad"
-    await browser.send("ping")
-    await browser.expect("pong")
-    await browser.close()
+    assert isinstance(error["code"], str) and error["code"] and isinstance(error["message"], str), error
+    if "client_msg_id" in frame:
+        assert error["client_msg_id"] == json.loads(frame)["data"]["client_msg_id"]
+    await browser.ping_pong()
+    reply = await request(nc, "miniapp.sessions.get", {"session_id": session})
+    assert (reply["state"], reply["version"]) == ({"x": 1}, 1)
+    assert await other.quiet(0.2, "state_update", "action", "presence") == []
+    for socket in (browser, other):
+        await socket.close()
 
 
 async def test_server_updates_chaining_base_version_through_any_replica_never_conflict(
-    replicas: tuple[Replica, Replica], http: aiohttp.ClientSession, bus: NATS
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
     session = new_session()
     # A socket on each replica, so each holds a live view of the session.
@@ -286,7 +314,7 @@ async def test_server_updates_chaining_base_version_through_any_replica_never_co
     there, _ = await join(http, replicas[1], session)
     version = 0
     for n in range(100):
-        version = (await _server_update(bus, session, {"n": n}, version))["version"]
+        version = (await _server_update(nc, session, {"n": n}, version))["version"]
     assert version == 100
     for browser in (here, there):
         updates = await browser.collect("state_update", 100)
