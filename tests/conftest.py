@@ -45,14 +45,3 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def agent() -> str:
     return f"ct-{uuid.uuid4().hex[:12]}"
-
-
-# Until the in-process suites are gone: their old fixture names.
-@pytest.fixture(scope="session")
-def nats_url(broker: NatsServer) -> str:
-    return broker.url
-
-
-@pytest.fixture
-def agent_id() -> str:
-    return f"agent-{uuid.uuid4().hex[:12]}"
