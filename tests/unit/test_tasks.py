@@ -1,0 +1,63 @@
+"""`TaskOwner`: a permanent task that fails is logged, counted, marked down and restarted with
+backoff; a short-lived task's failure is logged; close() stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from shared.runtime.tasks import TaskOwner
+from tests.harness.proc import wait_until
+
+
+def owner(registry: CollectorRegistry, restart_min_s: float = 0.1, restart_max_s: float = 0.2) -> TaskOwner:
+    failures = Counter("failures_total", "Failures.", ["task"], registry=registry)
+    return TaskOwner(failures, Gauge("down", "Down.", registry=registry), restart_min_s, restart_max_s)
+
+
+async def test_a_failing_permanent_task_is_logged_counted_down_and_restarted_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    tasks = owner(registry)
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def flaky() -> None:
+        starts.append(loop.time())
+        if len(starts) <= 3:
+            raise RuntimeError(f"boom {len(starts)}")
+        await asyncio.Event().wait()  # then it runs for good
+
+    tasks.keep("flaky", flaky)
+    await wait_until(lambda: "flaky" in tasks.down, 1, interval=0.01)
+    assert not tasks.healthy and registry.get_sample_value("down") == 1
+    await wait_until(lambda: len(starts) == 4 and tasks.healthy, 3, interval=0.01)
+    assert registry.get_sample_value("down") == 0
+    assert registry.get_sample_value("failures_total", {"task": "flaky"}) == 3
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # 0.1 s, doubling, capped at 0.2 s (uncapped the third would be 0.4 s).
+    assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and 0.18 <= gaps[2] < 0.35, gaps
+    assert "permanent task flaky failed" in caplog.text and "boom 1" in caplog.text
+    await tasks.close()
+    assert tasks.permanent["flaky"].cancelled()
+
+
+async def test_a_failing_spawned_task_is_logged_and_close_cancels_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tasks = owner(CollectorRegistry())
+    failed: list[BaseException] = []
+
+    async def boom() -> None:
+        raise ValueError("once")
+
+    tasks.spawn(boom(), "oneshot", on_failure=failed.append)
+    forever = tasks.spawn(asyncio.Event().wait(), "forever")
+    await wait_until(lambda: failed, 1, interval=0.01)
+    assert isinstance(failed[0], ValueError) and "task oneshot failed" in caplog.text
+    await tasks.close()
+    assert forever.cancelled() and tasks.healthy
