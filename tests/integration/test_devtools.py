@@ -19,7 +19,7 @@ from shared.auth import verify_edge_token
 from shared.runtime.service import CLOSING
 from shared.supabase import SupabaseVerifier
 from tests.harness.bus import request
-from tests.harness.edge import get_agent, get_command, submit_ok, wait_state
+from tests.harness.edge import get_agent, submit_ok, wait_state
 from tests.harness.miniapp import new_session
 from tests.harness.proc import ROOT, NatsServer, clean_env, wait_until
 from tests.integration import apps
@@ -37,8 +37,8 @@ async def edge(broker: NatsServer) -> AsyncIterator[apps.RunningApp]:
     await dispatcher.stop()
 
 
-async def ikiro(*args: str, nats_url: str) -> tuple[int, list[str]]:
-    env = clean_env(NATS_URL=nats_url, SUPABASE_JWT_SECRET=apps.JWT_SECRET)
+async def ikiro(*args: str) -> tuple[int, list[str]]:
+    env = clean_env(SUPABASE_JWT_SECRET=apps.JWT_SECRET)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "devtools.cli", *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
     )
@@ -103,31 +103,43 @@ async def test_sim_agent_falls_back_to_sync_when_its_socket_is_refused(
     assert any(kind == "command" and data.get("via") == "sync" for kind, data in seen)
 
 
-async def test_submit_subcommand_follows_the_command_to_completed(
+async def test_submit_follows_the_command_to_completed_and_get_agent_cancel_read_it(
     edge: apps.RunningApp, broker: NatsServer, nc: NATS, agent: str
 ) -> None:
     async with running(sim(edge, agent)):
         await wait_until(lambda: online(nc, agent), 10, what="agent online")
         args = [
-            "--nats",
-            broker.url,
             "--agent",
             agent,
             "--type",
             "send_message_now",
             "--payload",
             json.dumps(MSG),
+            "--timeout",
+            "20",
         ]
-        code, out = await ikiro("submit", *args, "--timeout", "20", nats_url=broker.url)
-    lines = [json.loads(line) for line in out]
-    assert code == 0
-    assert lines[0]["state"] == "queued" and lines[0]["duplicate"] is False
-    assert [line["state"] for line in lines[1:]] == ["queued", "sent", "received", "executing", "completed"]
-    assert (await get_command(nc, lines[0]["command_id"]))["state"] == "completed"
+        code, out = await ikiro("submit", "--nats", broker.url, *args)
+        lines = [json.loads(line) for line in out]
+        assert code == 0
+        assert lines[0]["state"] == "queued" and lines[0]["duplicate"] is False
+        assert [line["state"] for line in lines[1:]] == [
+            "queued",
+            "sent",
+            "received",
+            "executing",
+            "completed",
+        ]
+        cid = lines[0]["command_id"]
+        code, out = await ikiro("get", "--nats", broker.url, cid)
+        assert code == 0 and json.loads(out[0])["state"] == "completed"
+        code, out = await ikiro("agent", "--nats", broker.url, agent)
+        assert code == 0 and json.loads(out[0])["online"] is True
+        code, out = await ikiro("cancel", "--nats", broker.url, cid)  # finished: not cancellable
+        assert code == 2 and out == []
 
 
-async def test_miniapp_token_mints_a_verifiable_jwt(broker: NatsServer) -> None:
-    code, out = await ikiro("miniapp-token", "--user", "cli-user", "--ttl", "120", nats_url=broker.url)
+async def test_miniapp_token_mints_a_verifiable_jwt() -> None:
+    code, out = await ikiro("miniapp-token", "--user", "cli-user", "--ttl", "120")
     assert code == 0
     claims = await SupabaseVerifier("authenticated", secret=apps.JWT_SECRET).verify(out[0].strip())
     assert claims.sub == "cli-user"
@@ -156,7 +168,7 @@ async def test_miniapp_join_prints_frames_and_push_updates_state(broker: NatsSer
     try:
         assert joiner.stdout is not None
         assert json.loads(await asyncio.wait_for(joiner.stdout.readline(), 20))["type"] == "connected"
-        code, out = await ikiro("miniapp-push", session, "--patch", '{"phase": "vote"}', nats_url=broker.url)
+        code, out = await ikiro("miniapp-push", session, "--nats", broker.url, "--patch", '{"phase": "vote"}')
         assert code == 0 and json.loads(out[0]) == {"version": 1}
         assert json.loads(await asyncio.wait_for(joiner.stdout.readline(), 20)) == {
             "type": "state_update",

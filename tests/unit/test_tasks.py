@@ -4,12 +4,13 @@ backoff; a short-lived task's failure is logged; close() stops everything."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from shared.runtime.tasks import TaskOwner
+from shared.runtime.tasks import KeyedWorkers, TaskOwner
 from tests.harness.proc import wait_until
 
 
@@ -61,3 +62,26 @@ async def test_a_failing_spawned_task_is_logged_and_close_cancels_the_rest(
     assert isinstance(failed[0], ValueError) and "task oneshot failed" in caplog.text
     await tasks.close()
     assert forever.cancelled() and tasks.healthy
+
+
+async def test_keyed_workers_run_one_key_in_order_and_log_a_failing_job(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    workers, done = KeyedWorkers(limit=4), []
+
+    async def job(key: str, n: int) -> None:
+        await asyncio.sleep(0.01 * (3 - n))  # the work: later jobs are quicker, only the key order holds them
+        if (key, n) == ("a", 1):
+            raise RuntimeError("job a1")
+        done.append(f"{key}{n}")
+
+    for n in range(3):
+        for key in "ab":
+            await workers.submit(key, functools.partial(job, key, n))
+    await workers.join()
+    assert [d for d in done if d[0] == "a"] == ["a0", "a2"] and [d for d in done if d[0] == "b"] == [
+        "b0",
+        "b1",
+        "b2",
+    ]
+    assert "job failed" in caplog.text and "job a1" in caplog.text

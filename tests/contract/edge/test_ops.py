@@ -80,8 +80,9 @@ async def test_metrics_never_label_an_agent_or_command(
         assert agent not in text and cid not in text
 
 
-async def test_missing_required_setting_exits_with_one_line(stack: EdgeStack) -> None:
-    env = {"ENVIRONMENT": "production", "NATS_URL": stack.broker.url, "PORT": "0"}
+@pytest.mark.parametrize("secret", [{}, {"EDGE_SECRET": ""}], ids=["unset", "empty"])
+async def test_missing_required_setting_exits_with_one_line(stack: EdgeStack, secret: dict[str, str]) -> None:
+    env = {"ENVIRONMENT": "production", "NATS_URL": stack.broker.url, "PORT": "0", **secret}
     code, lines = await run_to_exit("services.edge_gateway", env, stack.log_dir)
     assert code != 0
     assert len(lines) == 1 and "EDGE_SECRET" in lines[0], lines
@@ -196,8 +197,8 @@ async def test_command_reaches_the_agent_after_sigkill_of_the_gateway_holding_it
         await wait_until(lambda: _online(nc, agent), 10, what="agent online")
         doomed.kill()
         await first.expect_close()
+    cid = await submit_ok(nc, agent)  # while the record still names the dead gateway's socket
     async with edge_socket(survivor.ws, agent) as second:
-        cid = await submit_ok(nc, agent)
         assert (await second.expect("command"))["command_id"] == cid
         await ack(second, cid, "completed")
 

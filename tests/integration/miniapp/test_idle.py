@@ -3,34 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import aiohttp
-import pytest
 from nats.aio.client import Client as NATS
 
 from services.miniapp_gateway.gateway import GATEWAY
 from shared.protocol.miniapp import Source
 from tests.harness.bus import request
 from tests.harness.miniapp import make_token, new_session, new_user
-from tests.harness.proc import NatsServer, wait_until
+from tests.harness.proc import wait_until
 from tests.harness.ws import connect
 from tests.integration import apps
-
-Start = Callable[..., Awaitable[apps.RunningApp]]
-
-
-@pytest.fixture
-async def start(broker: NatsServer) -> AsyncIterator[Start]:
-    started: list[apps.RunningApp] = []
-
-    async def start(**overrides: int) -> apps.RunningApp:
-        started.append(await apps.miniapp_gateway(broker.url, **overrides))
-        return started[-1]
-
-    yield start
-    for gateway in started:
-        await gateway.stop()
+from tests.integration.miniapp.conftest import Start
 
 
 async def version(nc: NATS, session: str) -> int:
