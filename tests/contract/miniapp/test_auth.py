@@ -38,7 +38,6 @@ async def test_auth_refresh_answers_auth_ok_and_moves_the_expiry(
     # The old expiry has passed by the end of this window; the socket must still be usable.
     assert await browser.quiet(3.0, "error") == [] and browser.close_code is None
     await browser.ping_pong()
-    await browser.close()
 
 
 async def test_bad_refresh_is_invalid_token_and_changes_nothing(

@@ -83,7 +83,6 @@ async def test_token_accepted(
 ) -> None:
     browser = await open_socket(http, replicas[0], new_session(), token())
     await browser.expect("connected")
-    await browser.close()
 
 
 async def test_longest_and_widest_session_ids_are_accepted(
@@ -103,7 +102,7 @@ async def test_connected_carries_the_contract_fields_and_counts_every_replica(
     a, b = replicas
     session = new_session()
     first_user, second_user = new_user(), new_user()
-    first, first_connected = await join(http, a, session, first_user)
+    _first, first_connected = await join(http, a, session, first_user)
     assert first_connected == {
         "session_id": session,
         "user_id": first_user,
@@ -113,7 +112,7 @@ async def test_connected_carries_the_contract_fields_and_counts_every_replica(
         "state": {},
         "version": 0,
     }
-    second, second_connected = await join(http, b, session, second_user)
+    _second, second_connected = await join(http, b, session, second_user)
     assert second_connected["connection_count"] == 2
     assert second_connected["connection_id"] != first_connected["connection_id"]
     assert {(p["user_id"], p["connection_id"]) for p in second_connected["peers"]} == {
@@ -121,10 +120,8 @@ async def test_connected_carries_the_contract_fields_and_counts_every_replica(
         (second_user, second_connected["connection_id"]),
     }
     # The same user may hold several connections.
-    third, third_connected = await join(http, a, session, second_user)
+    _third, third_connected = await join(http, a, session, second_user)
     assert third_connected["connection_count"] == 3
     assert sorted(p["user_id"] for p in third_connected["peers"]) == sorted(
         [first_user, second_user, second_user]
     )
-    for browser in (first, second, third):
-        await browser.close()

@@ -89,12 +89,11 @@ async def test_get_answers_the_same_whichever_replica_holds_the_sockets(
     replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
     session = new_session()
-    browser, connected = await join(http, replicas[1], session)
+    _browser, connected = await join(http, replicas[1], session)
     peer = {"user_id": connected["user_id"], "connection_id": connected["connection_id"]}
     for _ in range(6):  # the replica without a socket in the session answers some of these
         reply = await request(nc, GET, {"session_id": session})
         assert reply == {"ok": True, "state": {}, "version": 0, "connection_count": 1, "peers": [peer]}
-    await browser.close()
 
 
 async def test_bad_requests_get_ok_false_with_invalid_request(

@@ -56,4 +56,3 @@ async def test_health_readiness_and_metrics(
     assert any(n.endswith("_total") and "handshake" in n for n in names)
     for part in ("sockets_open", "fanout_seconds", "reconnects_total"):
         assert any(part in n for n in names), part
-    await browser.close()

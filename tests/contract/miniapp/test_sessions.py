@@ -56,7 +56,6 @@ async def test_joined_and_left_reach_the_others_on_every_replica_with_counts(
     await local.close()
     left = await first.expect("presence", event="left")
     assert left["connection_count"] == 1
-    await first.close()
 
 
 async def test_every_connection_gets_every_update_in_version_order_with_client_msg_ids(
@@ -88,14 +87,11 @@ async def test_every_connection_gets_every_update_in_version_order_with_client_m
     for index in range(len(browsers)):
         mine = [u["client_msg_id"] for u in received[0] if u["client_msg_id"].startswith(f"m-{index}-")]
         assert mine == [f"m-{index}-{n}" for n in range(per_sender)]
-    late, snapshot = await join(http, replicas[1], session)
+    _late, snapshot = await join(http, replicas[1], session)
     assert snapshot["version"] == total
     assert snapshot["state"] == {f"k{i}": per_sender - 1 for i in range(4)} | {
         "last": received[0][-1]["patch"]["last"]
     }
-    for browser, _ in browsers:
-        await browser.close()
-    await late.close()
 
 
 async def test_update_is_an_rfc7396_merge_patch_and_the_late_joiner_gets_the_full_state(
@@ -120,10 +116,8 @@ async def test_update_is_an_rfc7396_merge_patch_and_the_late_joiner_gets_the_ful
     for version, (patch, _) in enumerate(steps[:2], start=len(steps) + 1):
         await writer.send("state_update", {"patch": patch})
         await late.expect("state_update", version=version)
-    late2, snapshot = await join(http, a, session)
+    _late2, snapshot = await join(http, a, session)
     assert snapshot["state"] == steps[1][1]
-    for browser in (writer, late, late2):
-        await browser.close()
 
 
 async def test_base_version_must_be_current_else_version_conflict_with_the_current_version(
@@ -146,8 +140,6 @@ async def test_base_version_must_be_current_else_version_conflict_with_the_curre
     update = await one.expect("state_update", version=2)
     assert update["client_msg_id"] == "ok" and update["patch"] == {"x": 4}
     assert [f["data"]["version"] for f in one.frames if f["type"] == "state_update"] == [1, 2]
-    for browser in (one, two):
-        await browser.close()
 
 
 async def test_current_base_version_is_accepted_right_after_a_server_update_on_any_replica(
@@ -174,8 +166,6 @@ async def test_current_base_version_is_accepted_right_after_a_server_update_on_a
                     break
         assert frame["data"]["version"] == version + 1
         version += 1
-    for browser in (here, there):
-        await browser.close()
 
 
 async def _server_update(nc: NATS, session: str, patch: dict[str, Any], base: int) -> dict[str, Any]:
@@ -208,8 +198,6 @@ async def test_action_goes_to_every_other_connection_and_to_miniapp_actions(
     await sender.expect("pong")
     assert not [f for f in sender.frames if f["type"] == "action"]
     await published.stop()
-    for browser, _ in browsers:
-        await browser.close()
 
 
 async def test_action_payload_is_relayed_even_when_null(
@@ -225,8 +213,6 @@ async def test_action_payload_is_relayed_even_when_null(
     notice = await published.next()
     assert "payload" in notice and notice["payload"] is None
     await published.stop()
-    for browser in (sender, other):
-        await browser.close()
 
 
 async def test_typing_reaches_the_others_as_presence_typing_but_not_the_sender(
@@ -250,8 +236,6 @@ async def test_typing_reaches_the_others_as_presence_typing_but_not_the_sender(
     await sender.send("ping")
     await sender.expect("pong")
     assert not [f for f in sender.frames if f["data"].get("event") == "typing"]
-    for browser, _ in browsers:
-        await browser.close()
 
 
 async def test_ping_is_answered_with_pong(
@@ -260,7 +244,6 @@ async def test_ping_is_answered_with_pong(
     browser, _ = await join(http, replicas[1], new_session())
     await browser.send("ping")
     assert await browser.expect("pong") == {}
-    await browser.close()
 
 
 UNUSABLE_FRAMES = [
@@ -301,8 +284,6 @@ async def test_unusable_frame_gets_an_error_changes_nothing_and_the_socket_stays
     reply = await request(nc, "miniapp.sessions.get", {"session_id": session})
     assert (reply["state"], reply["version"]) == ({"x": 1}, 1)
     assert await other.quiet(0.2, "state_update", "action", "presence") == []
-    for socket in (browser, other):
-        await socket.close()
 
 
 async def test_server_updates_chaining_base_version_through_any_replica_never_conflict(
