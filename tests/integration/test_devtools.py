@@ -138,6 +138,17 @@ async def test_submit_follows_the_command_to_completed_and_get_agent_cancel_read
         assert code == 2 and out == []
 
 
+async def test_submit_without_following_then_cancel(
+    edge: apps.RunningApp, broker: NatsServer, agent: str
+) -> None:
+    payload = json.dumps({"event_type": "e"})
+    args = ["--agent", agent, "--type", "emit_event", "--payload", payload, "--ttl", "60", "--no-follow"]
+    code, out = await ikiro("submit", "--nats", broker.url, *args)
+    assert code == 0 and len(out) == 1 and json.loads(out[0])["state"] == "queued"
+    code, out = await ikiro("cancel", "--nats", broker.url, json.loads(out[0])["command_id"])
+    assert code == 0 and (json.loads(out[0])["state"], json.loads(out[0])["ttl_s"]) == ("cancelled", 60)
+
+
 async def test_miniapp_token_mints_a_verifiable_jwt() -> None:
     code, out = await ikiro("miniapp-token", "--user", "cli-user", "--ttl", "120")
     assert code == 0
