@@ -1,5 +1,6 @@
-"""The developer tools: the `ikiro` CLI (run as a real process) and the simulated edge agent,
-against in-process services (the socket-refused fallback needs the gateway's internals)."""
+"""The developer tools: the `ikiro` CLI (run as a real process), the command client it is built on
+and the simulated edge agent, against in-process services (the socket-refused fallback needs the
+gateway's internals)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from nats.aio.client import Client as NATS
 from devtools.cli import main
 from devtools.sim_agent import SimAgent
 from shared.auth import verify_edge_token
+from shared.client import CommandClient
 from shared.runtime.service import CLOSING
 from shared.supabase import SupabaseVerifier
 from tests.harness.bus import request
@@ -147,6 +150,16 @@ async def test_submit_without_following_then_cancel(
     assert code == 0 and len(out) == 1 and json.loads(out[0])["state"] == "queued"
     code, out = await ikiro("cancel", "--nats", broker.url, json.loads(out[0])["command_id"])
     assert code == 0 and (json.loads(out[0])["state"], json.loads(out[0])["ttl_s"]) == ("cancelled", 60)
+
+
+async def test_command_client_follows_one_command_by_id_from_before_its_submission(
+    edge: apps.RunningApp, nc: NATS, agent: str
+) -> None:
+    client, cid = CommandClient(nc), uuid.uuid4()
+    async with client.lifecycle(command_id=cid) as events:
+        submitted = await client.submit(agent, "emit_event", {"event_type": "e"}, command_id=cid)
+        first = await anext(events)
+    assert (submitted.command_id, first.command_id, first.state) == (cid, cid, "queued")
 
 
 async def test_miniapp_token_mints_a_verifiable_jwt() -> None:
