@@ -19,9 +19,8 @@ async def test_unknown_kid_reloads_the_jwks_at_most_once_per_interval(tmp_path: 
     jwks = Jwks(path=path, min_refresh_s=3600)
     verifier = SupabaseVerifier(AUDIENCE, jwks=jwks)
     rotated = jwt.encode(claims_for("user-1"), ec_key, algorithm="ES256", headers={"kid": "new"})
-    assert (
-        await verifier.verify(jwt.encode(claims_for("u"), rsa_key, "RS256", headers={"kid": "old"}))
-    ).sub == "u"
+    current = jwt.encode(claims_for("u"), rsa_key, "RS256", headers={"kid": "old"})
+    assert (await verifier.verify(current)).sub == "u"
     write_jwks(path, jwk(rsa_key, "old", "RS256"), jwk(ec_key, "new", "ES256"))
     with pytest.raises(TokenError, match="unknown signing key"):
         await verifier.verify(rotated)  # loaded moments ago: no reload yet

@@ -29,19 +29,19 @@ async def test_a_failing_permanent_task_is_logged_counted_down_and_restarted_wit
 
     async def flaky() -> None:
         starts.append(loop.time())
-        if len(starts) <= 3:
+        if len(starts) <= 4:
             raise RuntimeError(f"boom {len(starts)}")
         await asyncio.Event().wait()  # then it runs for good
 
     tasks.keep("flaky", flaky)
     await wait_until(lambda: "flaky" in tasks.down, 1, interval=0.01)
     assert not tasks.healthy and registry.get_sample_value("down") == 1
-    await wait_until(lambda: len(starts) == 4 and tasks.healthy, 3, interval=0.01)
+    await wait_until(lambda: len(starts) == 5 and tasks.healthy, 3, interval=0.01)
     assert registry.get_sample_value("down") == 0
-    assert registry.get_sample_value("failures_total", {"task": "flaky"}) == 3
+    assert registry.get_sample_value("failures_total", {"task": "flaky"}) == 4
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # 0.1 s, doubling, capped at 0.2 s (uncapped the third would be 0.4 s).
-    assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and 0.18 <= gaps[2] < 0.35, gaps
+    # 0.1 s, doubling, capped at 0.2 s (uncapped the fourth would be 0.8 s).
+    assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and gaps[2] >= 0.18 and 0.18 <= gaps[3] < 0.6, gaps
     assert "permanent task flaky failed" in caplog.text and "boom 1" in caplog.text
     await tasks.close()
     assert tasks.permanent["flaky"].cancelled()

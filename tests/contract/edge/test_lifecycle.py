@@ -311,8 +311,8 @@ async def test_queue_full_counts_every_unfinished_command(stack: EdgeStack, nc: 
 async def test_two_dispatcher_replicas_change_each_record_once(
     stack: EdgeStack, nc: NATS, agent: str
 ) -> None:
-    """A timer that fires on two replicas at once changes the record once; each command is
-    delivered once to an agent that acks it."""
+    """A timer that fires on two replicas at once changes the record once: a command reaches the
+    agent once per attempt (once in all when it is acked in time)."""
     second = await stack.start_service("services.command_dispatcher", dispatcher_env(stack.broker.url))
     lifecycle = await subscribe(nc, f"edge.lifecycle.{agent}.>")
     try:
@@ -320,7 +320,9 @@ async def test_two_dispatcher_replicas_change_each_record_once(
             acked: list[str] = []
             for _ in range(5):  # 20 commands, as many at once as the queue allows
                 batch = [await submit_ok(nc, agent) for _ in range(MAX_QUEUED_PER_AGENT - 1)]
-                for _ in batch:
+                while not set(batch) <= {
+                    f["data"]["command_id"] for f in ws.frames if f["type"] == "command"
+                }:
                     await ack(ws, (await ws.expect("command"))["command_id"], "completed")
                 for cid in batch:
                     await wait_state(nc, cid, "completed")
@@ -330,19 +332,17 @@ async def test_two_dispatcher_replicas_change_each_record_once(
             await lifecycle.next(UNDELIVERED_WITHIN_S, command_id=undelivered, state="failed")
             await ws.quiet(0.3)  # frames read after the failure were queued before it
         commands = [f["data"]["command_id"] for f in ws.frames if f["type"] == "command"]
-        assert sorted(commands) == sorted([*acked, *[undelivered] * commands.count(undelivered)])
-        assert commands.count(undelivered) <= MAX_ATTEMPTS
-        for cid in acked:
-            assert (await get_command(nc, cid))["attempts"] == 1
+        assert set(commands) == {*acked, undelivered} and commands.count(undelivered) <= MAX_ATTEMPTS
+        for cid in acked:  # a slow ack may be overtaken by a redelivery, never by a double send
+            sent = [e["attempt"] for e in lifecycle.seen if e["command_id"] == cid and e["state"] == "sent"]
+            assert commands.count(cid) == (await get_command(nc, cid))["attempts"] == len(sent), (cid, sent)
         await wait_state(nc, expiring, "expired", timeout=6)
         events = [e for e in lifecycle.seen if e["command_id"] == undelivered]
         assert [e["state"] for e in events] == ["queued"] + ["sent"] * MAX_ATTEMPTS + ["failed"], events
         assert [e["attempt"] for e in events if e["state"] == "sent"] == list(range(1, MAX_ATTEMPTS + 1))
         record = await get_command(nc, undelivered)
-        assert (
-            record["attempts"] == MAX_ATTEMPTS
-            and [h["state"] for h in record["history"]].count("failed") == 1
-        )
+        assert record["attempts"] == MAX_ATTEMPTS
+        assert [h["state"] for h in record["history"]].count("failed") == 1
         assert [h["state"] for h in (await get_command(nc, expiring))["history"]] == ["queued", "expired"]
     finally:
         second.stop()

@@ -45,11 +45,7 @@ async def test_server_update_with_a_stale_base_version_is_refused_and_changes_no
     session = new_session()
     assert (await request(nc, STATE_UPDATE, {"session_id": session, "patch": {"a": 1}}))["ok"] is True
     reply = await request(nc, STATE_UPDATE, {"session_id": session, "patch": {"a": 2}, "base_version": 0})
-    assert (
-        reply["ok"] is False
-        and reply["error"]["code"] == "version_conflict"
-        and reply["error"]["version"] == 1
-    )
+    assert (reply["ok"], reply["error"]["code"], reply["error"]["version"]) == (False, "version_conflict", 1)
     read = await request(nc, GET, {"session_id": session})
     assert (read["state"], read["version"]) == ({"a": 1}, 1)
 
