@@ -1,4 +1,5 @@
-"""Shared fixtures: one real JetStream `nats-server` for the session; fresh ids per test."""
+"""Fixtures every suite shares: one JetStream `nats-server` of the session on a free port, a NATS
+client and an HTTP session per test, and fresh ids so tests never see each other's traffic."""
 
 from __future__ import annotations
 
@@ -6,33 +7,41 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from tests.support import NatsServer
+from tests.harness.proc import NatsServer
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    server = NatsServer(Path(tmp_path_factory.mktemp("jetstream")))
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where service processes write their output (kept by pytest for a failed run)."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory, logs: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("jetstream"))
     server.start()
     yield server
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
-
-
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_url)
+async def nc(broker: NatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(broker.url, connect_timeout=5, max_reconnect_attempts=0)
     yield client
     await client.close()
 
 
 @pytest.fixture
-def agent_id() -> str:
-    return f"agent-{uuid.uuid4().hex[:12]}"
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def agent() -> str:
+    return f"ct-{uuid.uuid4().hex[:12]}"

@@ -8,13 +8,15 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.deploy import promql
 from tests.deploy.tools import DASHBOARD_FILE, RULES_FILE, run, tool
-from tests.support import ServiceProcess, free_port
+from tests.harness.proc import NatsServer
+from tests.harness.proc import Service as Process
 
 
 @dataclass(frozen=True)
@@ -82,23 +84,24 @@ def missing_names(used: dict[str, set[str]], exported: set[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-async def scrapes(nats_url: str) -> AsyncIterator[dict[str, str]]:
+async def scrapes(broker: NatsServer, logs: Path) -> AsyncIterator[dict[str, str]]:
     """Each service's /metrics text, from the running service."""
     out: dict[str, str] = {}
-    running: list[ServiceProcess] = []
+    running: list[Process] = []
     try:
         for svc in SERVICES:
-            proc = ServiceProcess(svc.module, free_port(), {"NATS_URL": nats_url, **dict(svc.env)})
+            proc = Process(svc.module, {"NATS_URL": broker.url, **dict(svc.env)}, logs)
             running.append(proc)
-            await proc.start(timeout=30)
-            async with aiohttp.ClientSession() as session, session.get(f"{proc.base_url}/metrics") as r:
+            proc.start()
+            await proc.ready(timeout=30)
+            async with aiohttp.ClientSession() as session, session.get(f"{proc.http}/metrics") as r:
                 assert r.status == 200
                 assert r.headers["Content-Type"].startswith("text/plain")
                 out[svc.module] = await r.text()
         yield out
     finally:
         for proc in running:
-            proc.kill()
+            proc.stop()
 
 
 @pytest.mark.parametrize("service", [s.module for s in SERVICES])

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.harness.proc import ROOT as ROOT
+
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 MONITORING = K8S / "components" / "monitoring"

@@ -1,3 +1,6 @@
+"""The command lifecycle's pure decisions (acks, timers, pulls) where the wire cannot reach: the
+ack outcomes that are counted, the 300 s cap, and timer and pull rules at exact instants."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -13,7 +16,6 @@ from services.command_dispatcher.lifecycle import (
     due_for_pull,
     moved,
     new_record,
-    pull_order,
     timer_action,
 )
 from shared.protocol.commands import (
@@ -22,10 +24,9 @@ from shared.protocol.commands import (
     CommandState,
     SubmitRequest,
     parse_request,
-    validate_payload,
 )
 from shared.protocol.edge import AckStatus, CommandAck, CommandType, Priority
-from shared.protocol.errors import InvalidPayload, InvalidRequest
+from shared.protocol.errors import InvalidRequest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMING = Timing(ack_timeout_s=10, max_ack_timeout_s=300, max_attempts=3, execution_timeout_s=100)
@@ -52,32 +53,6 @@ def ack(rec: CommandRecord, status: AckStatus, agent: str = "a1") -> tuple[Comma
     return apply_ack(rec, agent, CommandAck(command_id=rec.command_id, status=status), T0)
 
 
-def test_default_ttl_depends_on_priority() -> None:
-    assert record(Priority.NORMAL).ttl_s == 86400
-    assert record(Priority.IMMEDIATE).ttl_s == 120
-
-
-def test_acks_move_forward_through_every_state() -> None:
-    rec = sent(record(), T0)
-    for status, state in [
-        (AckStatus.RECEIVED, CommandState.RECEIVED),
-        (AckStatus.EXECUTING, CommandState.EXECUTING),
-        (AckStatus.COMPLETED, CommandState.COMPLETED),
-    ]:
-        new, outcome = ack(rec, status)
-        assert outcome is AckOutcome.APPLIED and new is not None and new.state is state
-        rec = new
-    assert [h.state for h in rec.history] == ["queued", "sent", "received", "executing", "completed"]
-    assert rec.completed_at is not None
-
-
-def test_ack_never_moves_backwards() -> None:
-    executing, _ = ack(sent(record(), T0), AckStatus.EXECUTING)
-    assert executing is not None
-    assert ack(executing, AckStatus.RECEIVED) == (None, AckOutcome.BACKWARDS)
-    assert ack(executing, AckStatus.EXECUTING) == (None, AckOutcome.BACKWARDS)
-
-
 def test_ack_for_terminal_command_changes_nothing() -> None:
     done, _ = ack(sent(record(), T0), AckStatus.COMPLETED)
     assert done is not None
@@ -93,14 +68,6 @@ def test_ack_for_unknown_command_changes_nothing() -> None:
         None,
         AckOutcome.UNKNOWN,
     )
-
-
-def test_failed_ack_keeps_the_agents_error() -> None:
-    rec = sent(record(), T0)
-    new, _ = apply_ack(
-        rec, "a1", CommandAck(command_id=rec.command_id, status=AckStatus.FAILED, error="boom"), T0
-    )
-    assert new is not None and new.state is CommandState.FAILED and new.error == "boom"
 
 
 def test_ack_wait_doubles_and_is_capped() -> None:
@@ -156,68 +123,7 @@ def test_pull_skips_commands_out_of_attempts_or_expired() -> None:
     assert not due_for_pull(record(ttl_s=5), "c", True, T0 + timedelta(seconds=5), TIMING)
 
 
-def test_pull_order_is_priority_then_submission() -> None:
-    n1, i1, n2, i2 = record(), record(Priority.IMMEDIATE), record(), record(Priority.IMMEDIATE)
-    n1 = n1.model_copy(update={"created_at": T0})
-    i1 = i1.model_copy(update={"created_at": T0 + timedelta(seconds=1)})
-    n2 = n2.model_copy(update={"created_at": T0 + timedelta(seconds=2)})
-    i2 = i2.model_copy(update={"created_at": T0 + timedelta(seconds=3)})
-    assert sorted([n2, i2, n1, i1], key=pull_order) == [i1, i2, n1, n2]
-
-
-@pytest.mark.parametrize(
-    ("command_type", "payload", "field"),
-    [
-        ("send_message_now", {"text": "x"}, "thread_id"),
-        ("send_message_now", {"thread_id": "t", "text": "x" * 5001}, "text"),
-        ("send_message_now", {"thread_id": "t", "text": "x", "bubble_type": "loud"}, "bubble_type"),
-        ("send_message_now", {"thread_id": 5, "text": "x"}, "thread_id"),
-        ("schedule_message", {"thread_id": "t", "message_text": "x", "send_at": "tomorrow"}, "send_at"),
-        ("set_rule", {"rule_type": "r", "rule_config": "not an object"}, "rule_config"),
-        ("cancel_scheduled", {}, "schedule_id"),
-        ("context_update", {"chat_guid": "c", "thread_id": "t"}, "app_id"),
-        ("context_update", {"chat_guid": "c", "thread_id": "t", "app_id": "a", "state": "paused"}, "state"),
-        ("context_reset", {"chat_guid": "c"}, "thread_id"),
-        ("upload_retry", {"chat_guid": "c"}, "attachment_guid"),
-        ("emit_event", {"thread_id": "t"}, "event_type"),
-    ],
-)
-def test_invalid_payload_names_the_field(command_type: str, payload: dict[str, object], field: str) -> None:
-    with pytest.raises(InvalidPayload) as err:
-        validate_payload(CommandType(command_type), payload)
-    assert field in err.value.message
-
-
-@pytest.mark.parametrize(
-    ("command_type", "payload"),
-    [
-        ("send_message_now", {"thread_id": "t", "text": "hi", "bubble_type": "reflex", "extra": 1}),
-        ("schedule_message", {"thread_id": "t", "message_text": "x", "send_at": "2026-01-01T10:00:00Z"}),
-        ("set_rule", {"rule_type": "quiet_hours", "rule_config": {"from": 22}}),
-        ("cancel_scheduled", {"schedule_id": "s1"}),
-        ("context_update", {"chat_guid": "c", "thread_id": "t", "app_id": "a", "state": "active"}),
-        ("context_reset", {"chat_guid": "c", "thread_id": "t"}),
-        ("upload_retry", {"attachment_guid": "g", "retry_count": 2}),
-        ("emit_event", {"event_type": "e", "event_data": {"k": 1}}),
-    ],
-)
-def test_valid_payloads_pass(command_type: str, payload: dict[str, object]) -> None:
-    validate_payload(CommandType(command_type), payload)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"edge_agent_id": "a", "command_type": "reboot", "payload": {}}',
-        b'{"edge_agent_id": "a", "command_type": "set_rule", "payload": {}, "priority": "urgent"}',
-        b'{"edge_agent_id": "a", "command_type": "set_rule", "payload": {}, "ttl_s": 0}',
-        b'{"edge_agent_id": "a", "command_type": "set_rule", "payload": {}, "ttl_s": 604801}',
-        b'{"edge_agent_id": "a", "command_type": "set_rule", "payload": {}, "command_id": "nope"}',
-        b'{"edge_agent_id": "a.b", "command_type": "set_rule", "payload": {}}',
-        b'{"edge_agent_id": "a", "command_type": "set_rule", "payload": []}',
-        b"not json",
-    ],
-)
-def test_bad_submit_requests_are_invalid_request(body: bytes) -> None:
+def test_a_payload_that_is_not_an_object_is_invalid_request() -> None:
+    # The wire test accepts invalid_request or invalid_payload; this pins the product's choice.
     with pytest.raises(InvalidRequest):
-        parse_request(SUBMIT_REQUEST, body)
+        parse_request(SUBMIT_REQUEST, b'{"edge_agent_id": "a", "command_type": "set_rule", "payload": []}')
