@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from devtools.cli import main
 from devtools.sim_agent import SimAgent
 from shared.auth import verify_edge_token
-from shared.client import CommandClient
+from shared.client import CommandClient, SessionClient
 from shared.runtime.service import CLOSING
 from shared.supabase import SupabaseVerifier
 from tests.harness.bus import request
@@ -203,4 +203,22 @@ async def test_miniapp_join_prints_frames_and_push_updates_state(broker: NatsSer
     finally:
         joiner.terminate()
         await asyncio.wait_for(joiner.wait(), 20)
+        await gateway.stop()
+
+
+async def test_miniapp_members_sets_shows_and_clears_a_session_list(broker: NatsServer, nc: NATS) -> None:
+    gateway = await apps.miniapp_gateway(broker.url)
+    session = new_session()
+    try:
+        code, out = await ikiro("miniapp-members", session, "--nats", broker.url, "--set", "alice", "bob")
+        assert code == 0 and json.loads(out[0]) == {"members": ["alice", "bob"], "closed": 0}
+        code, out = await ikiro("miniapp-members", session, "--nats", broker.url)
+        assert code == 0 and json.loads(out[0]) == {"members": ["alice", "bob"]}
+        sessions = SessionClient(nc)
+        assert await sessions.members(session) == ["alice", "bob"]
+        assert (await sessions.set_members(session, ["carol"])).members == ["carol"]
+        code, out = await ikiro("miniapp-members", session, "--nats", broker.url, "--clear")
+        assert code == 0 and json.loads(out[0]) == {"members": None, "closed": 0}
+        assert (await sessions.get(session)).members is None
+    finally:
         await gateway.stop()

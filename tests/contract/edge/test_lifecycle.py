@@ -292,6 +292,20 @@ async def test_unacked_command_sent_again_after_reconnect(stack: EdgeStack, nc: 
     assert [e["attempt"] for e in lifecycle.seen if e["command_id"] == cid and e["state"] == "sent"] == [1, 2]
 
 
+async def test_command_pulled_on_connect_is_sent_again_after_the_ack_timeout(
+    stack: EdgeStack, nc: NATS, agent: str
+) -> None:
+    lifecycle = await subscribe(nc, f"edge.lifecycle.{agent}.>")
+    cid = await submit_ok(nc, agent)  # the agent is offline: it waits, queued
+    async with edge_socket(stack.gateway.ws, agent) as ws:
+        assert (await ws.expect("command"))["command_id"] == cid
+        # Not acked: sent again once the ack timeout has passed, on the same socket.
+        assert (await ws.expect("command", ACK_TIMEOUT_S * 2 + 3))["command_id"] == cid
+        await ack(ws, cid, "completed")
+        await wait_state(nc, cid, "completed")
+    assert [e["attempt"] for e in lifecycle.seen if e["command_id"] == cid and e["state"] == "sent"] == [1, 2]
+
+
 async def test_queue_full_counts_every_unfinished_command(stack: EdgeStack, nc: NATS, agent: str) -> None:
     async with edge_socket(stack.gateway.ws, agent) as ws:
         ids = [await submit_ok(nc, agent) for _ in range(MAX_QUEUED_PER_AGENT)]

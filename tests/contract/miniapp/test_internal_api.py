@@ -54,7 +54,7 @@ async def test_get_reports_state_version_and_peers_across_replicas(
     replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
     session = new_session()
-    empty = {"ok": True, "state": {}, "version": 0, "connection_count": 0, "peers": []}
+    empty = {"ok": True, "state": {}, "version": 0, "connection_count": 0, "peers": [], "members": None}
     assert await request(nc, GET, {"session_id": session}) == empty
     one, first = await join(http, replicas[0], session)
     two, second = await join(http, replicas[1], session)
@@ -63,7 +63,7 @@ async def test_get_reports_state_version_and_peers_across_replicas(
     peers = {(c["user_id"], c["connection_id"]) for c in (first, second)}
     for _ in range(4):  # queue group: whichever replica answers, the answer is the same
         reply = await request(nc, GET, {"session_id": session})
-        assert set(reply) == {"ok", "state", "version", "connection_count", "peers"}
+        assert set(reply) == {"ok", "state", "version", "connection_count", "peers", "members"}
         assert (reply["ok"], reply["state"], reply["version"], reply["connection_count"]) == (
             True,
             {"k": "v"},
@@ -89,7 +89,14 @@ async def test_get_answers_the_same_whichever_replica_holds_the_sockets(
     peer = {"user_id": connected["user_id"], "connection_id": connected["connection_id"]}
     for _ in range(6):  # the replica without a socket in the session answers some of these
         reply = await request(nc, GET, {"session_id": session})
-        assert reply == {"ok": True, "state": {}, "version": 0, "connection_count": 1, "peers": [peer]}
+        assert reply == {
+            "ok": True,
+            "state": {},
+            "version": 0,
+            "connection_count": 1,
+            "peers": [peer],
+            "members": None,
+        }
 
 
 async def test_bad_requests_get_ok_false_with_invalid_request(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import aiohttp
 
 from services.miniapp_gateway.gateway import GATEWAY
-from shared.protocol import subjects
 from tests.harness.miniapp import make_token, new_session, new_user
 from tests.harness.proc import http_status, wait_until
 from tests.harness.ws import connect
@@ -23,8 +22,8 @@ async def test_a_replica_that_lost_its_lease_closes_its_sockets_1012_and_takes_a
     await browser.expect("connected")
     old = presence.replica_id
     # Another writer has the lease key now, as after an expiry: the next renewal is refused.
-    await presence.bucket.put(subjects.miniapp_lease_key(old), b"{}")
+    await presence.bucket.put(presence.leases.key(old), b"{}")
     assert (await browser.expect_close())[0] == 1012
     await wait_until(lambda: presence.replica_id != old, 5, what="a new lease")
     assert await http_status(f"{gateway.http}/readyz") == 200
-    await presence.bucket.delete(subjects.miniapp_lease_key(old))  # the taker is gone too
+    await presence.bucket.delete(presence.leases.key(old))  # the taker is gone too
