@@ -5,6 +5,7 @@ Used by `make run`, the test fixtures and the benchmarks, so all three run the s
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -43,13 +44,14 @@ class NatsServer:
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start and wait until it greets clients."""
-        out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            start_new_session=True,  # a Ctrl-C meant for the parent must not stop the broker first
-        )
+        argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        with self.log.open("ab") if self.log else open(os.devnull, "wb") as out:  # the child keeps its copy
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                start_new_session=True,  # a Ctrl-C meant for the parent must not stop the broker first
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

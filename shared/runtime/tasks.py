@@ -77,6 +77,7 @@ class TaskOwner:
         while True:
             attempt = asyncio.create_task(_call(run), name=f"{name}-run")
             self.permanent[name] = attempt
+            started = asyncio.get_running_loop().time()
             try:
                 await asyncio.shield(attempt)
                 log.error("permanent task %s returned; restarting", name)
@@ -86,7 +87,9 @@ class TaskOwner:
                     raise
                 log.error("permanent task %s was cancelled; restarting", name)
             except Exception:
-                log.exception("permanent task %s failed; restarting in %.1fs", name, delay)
+                log.exception("permanent task %s failed; restarting", name)
+            if asyncio.get_running_loop().time() - started > self.restart_max_s:
+                delay = self.restart_min_s  # it had been running well: a new failure starts over
             self._failures.labels(task=name).inc()
             self.down.add(name)
             self._down_gauge.set(len(self.down))
