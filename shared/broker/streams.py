@@ -17,6 +17,9 @@ from shared.protocol import subjects
 
 # Records outlive the longest TTL (7 days) so a final state can still be read for a day after.
 RECORD_RETENTION_S = 8 * 86400
+# Consumers a MiniApp bucket's stream may have: each replica watches each session it has sockets
+# in (one consumer on each bucket), so this bounds sessions x replicas.
+MINIAPP_MAX_CONSUMERS = 100_000
 # Server-placed delete markers (expired leases) stay this long, so a replica that starts after every
 # other one died still learns they are gone (the MiniApp gateway then reaps their connections).
 MARKER_TTL_S = 24 * 3600
@@ -30,24 +33,28 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> Bucket:
-    """Create the bucket, or bring an existing one's limits to `config`."""
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int = 0) -> Bucket:
+    """Create the bucket, or bring an existing one's limits to `config`.
+
+    `max_consumers` sets how many consumers its stream may have: nats-server 2.15 allows 1,000 per
+    stream unless the stream says otherwise, and a MiniApp gateway holds one per active session.
+    """
     try:
         kv = await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
         kv = await js.key_value(config.bucket)
-        info = await js.stream_info(f"KV_{config.bucket}")
-        stream = info.config
-        wanted = {
-            "max_msg_size": config.max_value_size or -1,
-            "max_msgs_per_subject": config.history,
-            "max_age": config.ttl or 0,
-            "num_replicas": config.replicas,
-        }
-        if any((getattr(stream, k) or 0) != (v or 0) for k, v in wanted.items()):
-            for k, v in wanted.items():
-                setattr(stream, k, v)
-            await js.update_stream(stream)
+    stream = (await js.stream_info(f"KV_{config.bucket}")).config
+    wanted = {
+        "max_msg_size": config.max_value_size or -1,
+        "max_msgs_per_subject": config.history,
+        "max_age": config.ttl or 0,
+        "num_replicas": config.replicas,
+        **({"max_consumers": max_consumers} if max_consumers else {}),
+    }
+    if any((getattr(stream, k) or 0) != (v or 0) for k, v in wanted.items()):
+        for k, v in wanted.items():
+            setattr(stream, k, v)
+        await js.update_stream(stream)
     return Bucket(js, kv, config.bucket, direct=bool(config.direct))
 
 
@@ -134,6 +141,7 @@ async def ensure_miniapp(
             # No delete markers here: nothing watches a session without sockets, and nats-server
             # raises a first write's TTL to the marker TTL when history > 1.
         ),
+        MINIAPP_MAX_CONSUMERS,
     )
     presence = await ensure_bucket(
         js,
@@ -145,5 +153,6 @@ async def ensure_miniapp(
             direct=True,
             limit_marker_ttl=MARKER_TTL_S,
         ),
+        MINIAPP_MAX_CONSUMERS,
     )
     return MiniAppStore(sessions=sessions, presence=presence)
