@@ -3,6 +3,7 @@ client and an HTTP session per test, and fresh ids so tests never see each other
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 
+from tests.harness import fuzz  # noqa: F401  (registers the fuzz profiles)
 from tests.harness.proc import NatsServer
+
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

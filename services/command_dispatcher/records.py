@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from shared.protocol import codec
 from shared.protocol.commands import CommandState
 
 # A record's times are written again with every write of it, and read by every replica: both
@@ -112,7 +113,7 @@ class RecordCodec:
 
     @staticmethod
     def encode(record: Record) -> bytes:
-        return orjson.dumps(record._json())
+        return codec.dumps(record._json())
 
     @staticmethod
     def decode(data: bytes) -> Record:
@@ -173,6 +174,6 @@ def lifecycle_events(old: Record | None, new: Record) -> list[bytes]:
             "error": new.error if index == last else None,
             "at": iso(at),
         }
-        events.append(orjson.dumps(event))
+        events.append(codec.dumps(event))
         previous = state
     return events

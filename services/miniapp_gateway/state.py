@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from shared.broker.kv import Bucket, Change, ModelCodec, WrongRevision, compare_and_set
 from shared.protocol import codec
 from shared.protocol.errors import ErrorCode, IkiroError
@@ -88,7 +86,7 @@ class StateStore:
         and raises its error. `cached` is this replica's view of the record, which may lag."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         update = _Pending(
-            patch, len(orjson.dumps(patch)), base_version, source, user_id, connection_id, client_msg_id, done
+            patch, len(codec.dumps(patch)), base_version, source, user_id, connection_id, client_msg_id, done
         )
         queue = self._queues.get(session_id)
         if queue is None:
@@ -139,7 +137,7 @@ class StateStore:
                     )
                     continue
                 merged = merge_patch(state, item.patch)
-                size = len(orjson.dumps(merged))
+                size = len(codec.dumps(merged))
                 if size > self.max_state_bytes:
                     outcomes.append(
                         IkiroError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,11 @@ def dumps(obj: Any) -> bytes:
     """Serialise plain data or a pydantic model to compact JSON bytes."""
     if isinstance(obj, BaseModel):
         return obj.model_dump_json().encode()
-    return orjson.dumps(obj)
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        # orjson stops at 64-bit integers; JSON has no such limit, and clients do send bigger ones.
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def loads(data: bytes | str) -> Any:
@@ -25,7 +30,7 @@ def loads(data: bytes | str) -> Any:
 def encode(type_: str, data: BaseModel | dict[str, Any]) -> bytes:
     """One `{"type", "data"}` frame; a model's optional fields left unset are omitted."""
     body = data.model_dump(mode="json", exclude_none=True) if isinstance(data, BaseModel) else data
-    return orjson.dumps({"type": type_, "data": body})
+    return dumps({"type": type_, "data": body})
 
 
 def utcnow() -> datetime:
