@@ -1,0 +1,1 @@
+"""The four scenarios; each `run(bench)` returns its `ScenarioResult`."""
