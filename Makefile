@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint fmt bench clean
+.PHONY: install system-deps run test lint fmt bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/ikiro stack
 
-test: $(STAMP)
+# Debian's chromium (browser tests) and node (the client library's own tests), installed if missing.
+system-deps:
+	devtools/system-deps.sh
+
+test: $(STAMP) system-deps
+	node --test web/miniapp-client/test/
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -30,8 +35,9 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format shared services devtools tests benchmarks
 
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 include deploy/k8s.mk
+

@@ -29,6 +29,7 @@ const els = {
   state: $('state'),
   patch: /** @type {HTMLTextAreaElement} */ ($('patch')),
   optimistic: /** @type {HTMLInputElement} */ ($('optimistic')),
+  baseVersion: /** @type {HTMLInputElement} */ ($('base-version')),
   sendPatch: $('send-patch'),
   patchResult: $('patch-result'),
   actionName: /** @type {HTMLInputElement} */ ($('action-name')),
@@ -199,11 +200,17 @@ els.patch.addEventListener('blur', () => client.setTyping(false));
 els.sendPatch.addEventListener('click', () => {
   const patch = parseJson(els.patch.value, 'the patch');
   if (patch === undefined) return;
+  const baseText = els.baseVersion.value.trim();
+  const baseVersion = baseText === '' ? undefined : Number(baseText);
+  if (baseVersion !== undefined && !Number.isSafeInteger(baseVersion)) {
+    showError({ code: 'invalid_input', message: 'the base version is not a whole number' });
+    return;
+  }
   client.setTyping(false);
   els.patchResult.textContent = 'sent…';
   els.patchResult.dataset.outcome = 'pending';
   client
-    .update(/** @type {any} */ (patch), { optimistic: els.optimistic.checked })
+    .update(/** @type {any} */ (patch), { optimistic: els.optimistic.checked, baseVersion })
     .then(({ version }) => {
       els.patchResult.textContent = `confirmed as version ${version}`;
       els.patchResult.dataset.outcome = 'confirmed';
