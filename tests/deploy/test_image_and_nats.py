@@ -90,10 +90,10 @@ def test_declared_edge_streams_and_buckets_match_what_the_services_create() -> N
     assert "ttl" not in specs[subjects.AGENTS_BUCKET]
 
 
-# Created only by the MiniApp gateway at start-up (replicas from JETSTREAM_REPLICAS): they use per-message
+# Created only by their services at start-up (replicas from JETSTREAM_REPLICAS): they use per-message
 # TTLs and limit markers (limit_marker_ttl) that the JetStream controller's CRD cannot express, and a
-# controller reconciling them without those settings would break presence expiry.
-SERVICE_OWNED = {"MINIAPP_SESSIONS", "MINIAPP_PRESENCE"}
+# controller reconciling them without those settings would break presence and lease expiry.
+SERVICE_OWNED = {"MINIAPP_SESSIONS", "MINIAPP_PRESENCE", "EDGE_DISPATCHERS"}
 
 
 def test_every_jetstream_object_of_the_project_is_declared() -> None:
