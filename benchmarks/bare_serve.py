@@ -11,9 +11,11 @@ from aiohttp import web
 
 from .control import raise_fd_limit
 
+LISTEN_BACKLOG = 4096  # as shared/runtime/service.py
+
 
 def serve(create_app: Callable[[], Awaitable[web.Application]], port: int) -> None:
-    """Serve the app on 127.0.0.1:`port` (listen backlog as the product's: aiohttp's default)."""
+    """Serve the app on 127.0.0.1:`port` with the product's listen backlog."""
     raise_fd_limit()
 
     async def main() -> None:
@@ -23,7 +25,7 @@ def serve(create_app: Callable[[], Awaitable[web.Application]], port: int) -> No
             loop.add_signal_handler(sig, stop.set)
         runner = web.AppRunner(await create_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=LISTEN_BACKLOG).start()
         await stop.wait()
         await runner.cleanup()
 

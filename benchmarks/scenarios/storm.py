@@ -208,9 +208,8 @@ async def run(bench: Bench) -> ScenarioResult:
         )
     result.notes.append(
         "listen queue overflows: connections the kernel dropped because the gateway's accept queue "
-        "(aiohttp's default backlog, 128) was full; each costs that agent a SYN retransmit (1 s, then 3 s, "
-        "7 s, ...), which is what makes 'all at once' slow and noisy; the bounded way shows the product's "
-        "own work"
+        "(backlog 4,096, capped by net.core.somaxconn) was full; each costs that agent a SYN retransmit "
+        "(1 s, then 3 s, 7 s, ...); the bounded way shows the product's own work"
     )
     result.notes.append(
         "kill -> last completed includes the hold in which the commands are submitted (the gap a real "

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 MS = TypeVar("MS", bound=ServiceMetrics)
 
+# Connections the kernel queues before accept: aiohttp's default of 128 overflows when a killed
+# gateway's agents all arrive at another at once (the kernel drops their SYNs and each retries a
+# second or more later). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
 
 class Service(Protocol):
     tasks: TaskOwner
@@ -121,7 +126,7 @@ async def serve(app: web.Application, settings: ServiceSettings, stop: asyncio.E
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
     log.info("listening", extra={"host": settings.host, "port": settings.port})
     await stop.wait()
