@@ -98,7 +98,7 @@ class Gateway:
         if pusher is not None:
             pusher.cancel()
         code = conn.close_code
-        self.metrics.disconnects.labels(code=str(code)).inc()
+        self.metrics.disconnected(code)
         log.info(
             "edge agent disconnected",
             extra={"edge_agent_id": conn.edge_agent_id, "connection_id": conn.connection_id, "code": code},

@@ -26,7 +26,7 @@ async def handle_ping(conn: EdgeConnection, upstream: Upstream, frame: PingFrame
 
 
 async def handle_command_ack(conn: EdgeConnection, upstream: Upstream, frame: CommandAckFrame) -> None:
-    upstream.queue_ack(conn, frame.data)
+    await upstream.queue_ack(conn, frame.data)
 
 
 async def handle_status(conn: EdgeConnection, upstream: Upstream, frame: StatusFrame) -> None:
@@ -34,6 +34,13 @@ async def handle_status(conn: EdgeConnection, upstream: Upstream, frame: StatusF
         reject(
             conn, IkiroError(f"status is over {MAX_STATUS_BYTES} bytes and was not kept", ErrorCode.TOO_LARGE)
         )
+        return
+    if not conn.may_report_status():
+        # Not an unusable frame (no 1008 for it): the next status, a little later, is kept.
+        too_fast = IkiroError(
+            "status frames are coming too fast; this one was not kept", ErrorCode.RATE_LIMITED
+        )
+        conn.send("error", codec.error_frame(too_fast))
         return
     await upstream.status(conn.edge_agent_id, frame.data)
 

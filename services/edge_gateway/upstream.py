@@ -42,9 +42,12 @@ class Upstream:
 
     # --- acks: in each agent's order, batched across sockets while a batch is on its way ---
 
-    def queue_ack(self, conn: EdgeConnection, ack: CommandAck) -> None:
-        """Forward a socket's ack; the reader goes on at once. An agent's acks always travel in the
-        same lane, one batch in flight per lane, so they reach the dispatcher in the agent's order."""
+    async def queue_ack(self, conn: EdgeConnection, ack: CommandAck) -> None:
+        """Forward a socket's ack; the reader goes on at once unless the socket has too many on their
+        way. An agent's acks always travel in the same lane, one batch in flight per lane, so they
+        reach the dispatcher in the agent's order."""
+        await conn.ack_room()
+        conn.acks_in_flight += 1
         lane = self._lanes[zlib.crc32(conn.edge_agent_id.encode()) % len(self._lanes)]
         lane.append(
             (conn, AgentAck(edge_agent_id=conn.edge_agent_id, connection_id=conn.connection_id, ack=ack))
@@ -64,6 +67,9 @@ class Upstream:
                     frame = codec.error_frame(err)
                     for conn in {id(conn): conn for conn, _ in batch}.values():
                         conn.send("error", frame)
+                finally:
+                    for conn, _ in batch:
+                        conn.acks_done(1)
         finally:
             self._busy.discard(id(lane))
 

@@ -63,6 +63,10 @@ class MiniAppSettings(ServiceSettings):
             return self.environment is not Environment.PRODUCTION
         return self.miniapp_session_access == "open"
 
+    def allows_role(self, role: str | None) -> bool:
+        """Whether a token's `role` may be in sessions (DESIGN names no role claim: none is fine)."""
+        return role is None or role in self.miniapp_allowed_roles
+
     @property
     def dev_page(self) -> bool:
         if self.miniapp_dev_page is None:

@@ -89,7 +89,7 @@ class Gateway:
             settings.max_connections_per_session,
             settings.open_by_default,
         )
-        self.ctx = Context(self.nc, state, self.verifier, self.metrics)
+        self.ctx = Context(self.nc, state, self.verifier, self.metrics, self.settings)
         await presence.start()
         api = InternalApi(state, self.hub)
         self.subs = await serve_requests(
@@ -116,7 +116,7 @@ class Gateway:
     async def _leave(self, conn: Connection, session: LocalSession) -> None:
         conn.stop_timers()
         await self.hub.leave(conn, session)
-        self.metrics.disconnects.labels(code=str(conn.close_code)).inc()
+        self.metrics.disconnected(conn.close_code)
 
     async def drain(self) -> None:
         """Close every socket with 1012 and wait (bounded) until each has left its session."""

@@ -27,6 +27,7 @@ from shared.protocol.miniapp import (
 )
 from shared.supabase import SupabaseVerifier, TokenError
 
+from .config import MiniAppSettings
 from .connection import Connection
 from .metrics import MiniAppGatewayMetrics
 from .sessions import NOT_A_MEMBER, LocalSession
@@ -45,6 +46,7 @@ class Context:
     store: StateStore
     verifier: SupabaseVerifier
     metrics: MiniAppGatewayMetrics
+    settings: MiniAppSettings
 
 
 async def handle_ping(ctx: Context, conn: Connection, session: LocalSession, frame: PingFrame) -> None:
@@ -97,6 +99,9 @@ async def handle_auth(ctx: Context, conn: Connection, session: LocalSession, fra
         return
     if claims.sub != conn.user_id:
         conn.send_error(TokenError("token is for another user"))
+        return
+    if not ctx.settings.allows_role(claims.role):
+        conn.send_error(TokenError("role not allowed in sessions"))
         return
     if not session.admits(conn.user_id):
         # Removed from the session meanwhile: a fresh token does not bring the user back.

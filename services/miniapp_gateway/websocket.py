@@ -46,7 +46,7 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
         claims = await gateway.verifier.verify(request.query.get("token", ""))
     except TokenError as err:
         return await _refuse(ws, gateway, "unauthorized", CloseCode.UNAUTHORIZED, err.message)
-    if claims.role is not None and claims.role not in settings.miniapp_allowed_roles:
+    if not settings.allows_role(claims.role):
         return await _refuse(ws, gateway, "forbidden", CloseCode.FORBIDDEN, "role not allowed in sessions")
 
     conn = Connection(

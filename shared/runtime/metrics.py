@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from shared.protocol.errors import CloseCode
+
 VERSION = "0.1.0"
 # SLO thresholds (0.1 s, 1 s, 5 s, 30 s) sit on bucket boundaries so alerts can use them exactly.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -100,6 +102,10 @@ class _NatsTraffic:
         yield volume
 
 
+# RFC 6455's registered codes and the contract's own (DESIGN section 6); None: no close frame at all.
+COUNTED_CLOSE_CODES = frozenset(range(1000, 1016)) | frozenset(CloseCode) | {None}
+
+
 class GatewayMetrics(ServiceMetrics):
     """What a WebSocket gateway exports, under its own prefix (`ikiro_edge`, `ikiro_miniapp`)."""
 
@@ -128,3 +134,9 @@ class GatewayMetrics(ServiceMetrics):
         self.slow_consumer_closes = Counter(
             f"{prefix}_slow_consumer_closes_total", "Sockets closed for reading too slowly.", registry=r
         )
+
+    def disconnected(self, code: int | None) -> None:
+        """Count a closed socket by its close code; a code the peer chose from outside the protocol's
+        and the RFC's own set counts as "other", so peers cannot mint label values."""
+        label = str(code) if code in COUNTED_CLOSE_CODES else "other"
+        self.disconnects.labels(code=label).inc()

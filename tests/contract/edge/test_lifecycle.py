@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -26,6 +27,7 @@ from tests.harness.edge import (
     get_command,
     submit,
     submit_ok,
+    sync,
     wait_state,
 )
 
@@ -131,6 +133,23 @@ async def test_ack_for_foreign_unknown_and_terminal_commands_changes_nothing(
         assert (await get_command(nc, victim_cid))["state"] == "sent"
         assert (await get_command(nc, cancelled_cid))["state"] == "cancelled"
         await ack(owner, victim_cid, "completed")
+
+
+async def test_an_agent_is_never_handed_another_agents_command(
+    stack: EdgeStack, nc: NATS, http: aiohttp.ClientSession, agent: str
+) -> None:
+    owner = agent + "-owner"
+    async with edge_socket(stack.gateway.ws, agent) as bystander:
+        queued = await submit_ok(nc, owner)  # the owner is offline: it waits for the owner
+        await bystander.ping_pong()
+        _, reply, _ = await sync(http, stack.gateway.http, agent)
+        assert reply["commands"] == []
+        async with edge_socket(stack.gateway.ws, owner) as ws:
+            assert (await ws.expect("command"))["command_id"] == queued
+            sent = await submit_ok(nc, owner)  # the owner is online: pushed to it at once
+            assert (await ws.expect("command"))["command_id"] == sent
+        assert await bystander.quiet(0.5, "command") == []
+        assert not [f for f in bystander.frames if f["type"] == "command"]
 
 
 async def test_queued_commands_pushed_on_connect_in_priority_order(

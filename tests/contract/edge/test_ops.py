@@ -66,18 +66,28 @@ async def test_health_ready_metrics(stack: EdgeStack, http: aiohttp.ClientSessio
 async def test_metrics_never_label_an_agent_or_command(
     stack: EdgeStack, http: aiohttp.ClientSession, nc: NATS, agent: str
 ) -> None:
-    """DESIGN section 7 (a recommendation, checked because it is cheap): no ids as labels."""
+    """DESIGN section 7 (a recommendation, checked because it is cheap): no ids as labels, and no
+    label value a peer can choose (its close code)."""
     cid = await submit_ok(nc, agent)
     async with edge_socket(stack.gateway.ws, agent) as ws:
         await ws.expect("command")
         await ack(ws, cid, "completed")
         await ws.send_raw("bad frame")
         await ws.expect("error")
+        await ws.ws.close(code=4987)
     await sync(http, stack.gateway.http, agent)
-    for svc in (stack.gateway, stack.dispatcher):
+
+    async def scrape(svc: Service) -> str:
         async with http.get(f"{svc.http}/metrics") as r:
-            text = await r.text()
-        assert agent not in text and cid not in text
+            return await r.text()
+
+    async def counted_as_other() -> bool:
+        return 'ikiro_edge_disconnects_total{code="other"}' in await scrape(stack.gateway)
+
+    await wait_until(counted_as_other, 5, what="the peer's close code counted as other")
+    for svc in (stack.gateway, stack.dispatcher):
+        text = await scrape(svc)
+        assert agent not in text and cid not in text and 'code="4987"' not in text
 
 
 @pytest.mark.parametrize("secret", [{}, {"EDGE_SECRET": ""}], ids=["unset", "empty"])

@@ -51,6 +51,7 @@ async def test_bad_refresh_is_invalid_token_and_changes_nothing(
         make_token(user, exp_in=600, secret="wrong-" + "k" * 64),
         make_token(user, exp_in=600, aud="elsewhere"),
         make_token(user, exp_in=-LEEWAY_S - 5),
+        make_token(user, exp_in=600, role="anon"),  # a role refused at connect is refused here too
         "garbage",
         "",
         "x" * (20 * 1024),

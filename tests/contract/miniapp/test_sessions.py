@@ -238,6 +238,28 @@ async def test_typing_reaches_the_others_as_presence_typing_but_not_the_sender(
     assert not [f for f in sender.frames if f["data"].get("event") == "typing"]
 
 
+async def test_nothing_of_one_session_reaches_another_even_for_the_same_user(
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession
+) -> None:
+    user, here, elsewhere = new_user(), new_session(), new_session()
+    writer, _ = await join(http, replicas[0], here, user)
+    peer, _ = await join(http, replicas[1], here)
+    await writer.expect("presence", event="joined")
+    # The same user in another session, on both replicas: it shares a user id, nothing else.
+    outsiders = [(await join(http, replica, elsewhere, user))[0] for replica in replicas]
+    await writer.send("state_update", {"patch": {"secret": "only here"}})
+    await writer.send("action", {"action": "poke", "payload": 1})
+    await writer.send("typing", {"is_typing": True})
+    assert (await peer.expect("state_update"))["patch"] == {"secret": "only here"}
+    await peer.expect("action")
+    await peer.expect("presence", event="typing")
+    for outsider in outsiders:
+        assert await outsider.quiet(0.5, "state_update", "action") == []
+        assert not [f for f in outsider.frames if f["data"].get("event") == "typing"]
+    _, connected = await join(http, replicas[0], elsewhere)
+    assert connected["state"] == {} and connected["version"] == 0
+
+
 async def test_ping_is_answered_with_pong(
     replicas: tuple[Service, Service], http: aiohttp.ClientSession
 ) -> None:
