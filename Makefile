@@ -26,13 +26,13 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check shared services devtools tests benchmarks
-	$(VENV)/bin/ruff format --check shared services devtools tests benchmarks
+	$(VENV)/bin/ruff check shared services devtools tests benchmarks soak
+	$(VENV)/bin/ruff format --check shared services devtools tests benchmarks soak
 	$(VENV)/bin/mypy
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff check --fix shared services devtools tests benchmarks
-	$(VENV)/bin/ruff format shared services devtools tests benchmarks
+	$(VENV)/bin/ruff check --fix shared services devtools tests benchmarks soak
+	$(VENV)/bin/ruff format shared services devtools tests benchmarks soak
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)
@@ -41,3 +41,8 @@ clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
 include deploy/k8s.mk
 
+# Chaos under load on a real 3-node NATS cluster (about 2 minutes; soak/README.md says what it
+# proves). The short version for CI: $(PY) -m soak --duration 25
+.PHONY: soak
+soak: $(STAMP)
+	$(PY) -m soak
