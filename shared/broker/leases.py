@@ -107,7 +107,10 @@ class Leases:
                 log.error("%s lease expired", self.name, extra={"replica_id": self.replica_id})
                 if self.on_fenced is not None:
                     await self.on_fenced()
-                self.replica_id = new_id()
+                fenced, self.replica_id = self.replica_id, new_id()
+                # Its expiry may have been seen while it was still ours (and so not counted): every
+                # other replica has it dead, and so must this one, or they disagree on who owns what.
+                self._mark_dead(fenced)
                 await self._take()
             except NATS_ERRORS as err:
                 log.warning("lease renewal failed: %s", err)

@@ -42,3 +42,28 @@ async def test_the_timers_of_a_dead_replicas_agents_fire_on_another_within_15_s(
         for replica in replicas:
             await replica.stop()
         broker.stop()
+
+
+async def test_a_replica_whose_own_lease_expired_agrees_with_the_others_on_who_is_alive(
+    tmp_path: Path,
+) -> None:
+    broker = NatsServer(tmp_path)
+    broker.start()
+    replicas = [await apps.dispatcher(broker.url), await apps.dispatcher(broker.url)]
+    try:
+        leases = [r.app[DISPATCHER].membership.leases for r in replicas]
+        await wait_until(lambda: all(len(lease.live) == 2 for lease in leases), 10, what="two replicas")
+        fenced = leases[0].replica_id
+        # Its lease is gone (as when it expires during a network pause): the replica sees its own
+        # delete marker first, then its renewal is refused and it starts over under a new id.
+        await leases[0].bucket.delete(leases[0].key(fenced))
+        await wait_until(lambda: leases[0].replica_id != fenced, 10, what="a new lease")
+        await wait_until(
+            lambda: leases[0].live == leases[1].live == {leases[0].replica_id, leases[1].replica_id},
+            10,
+            what=f"both agree on the live replicas: {leases[0].live} / {leases[1].live}",
+        )
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        broker.stop()
