@@ -6,10 +6,10 @@ import logging
 import time
 import uuid
 
-import nats.errors
 from aiohttp import web
 from pydantic import ValidationError
 
+from shared.broker.connection import NATS_ERRORS
 from shared.protocol import codec
 from shared.protocol.commands import AgentAck
 from shared.protocol.edge import MAX_STATUS_BYTES, MAX_SYNC_BODY_BYTES, SYNC_REQUEST, SyncResponse
@@ -72,7 +72,7 @@ async def _sync(request: web.Request) -> web.Response:
         accepted = await upstream.events(agent, body.pending_events)
         await upstream.synced(agent, str(body.last_command_id) if body.last_command_id else None)
         commands = await upstream.pull(agent, connection_id, via_socket=False)
-    except (IkiroError, nats.errors.Error, TimeoutError) as err:
+    except (IkiroError, *NATS_ERRORS) as err:
         log.warning("sync failed: %s", err, extra={"edge_agent_id": agent})
         return error_response(503, ErrorCode.UNAVAILABLE, "dispatcher unavailable, retry later")
     reply = SyncResponse(commands=commands, ack_events=accepted, config_updates={})

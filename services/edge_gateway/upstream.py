@@ -12,10 +12,9 @@ import zlib
 from datetime import datetime
 from typing import Any, Literal
 
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from shared.broker.connection import request
+from shared.broker.connection import NATS_ERRORS, request
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
 from shared.protocol.agents import AgentPresence, AgentStatus, AgentSync, PresenceEvent
@@ -81,7 +80,7 @@ class Upstream:
         except Unavailable:
             try:
                 await self.js.publish(subjects.ACKS_STORED, body, timeout=self.timeout_s)
-            except (nats.errors.Error, TimeoutError) as err:
+            except NATS_ERRORS as err:
                 raise Unavailable("acks could not be recorded, send them again") from err
 
     async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[dict[str, Any]]:

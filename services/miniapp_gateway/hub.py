@@ -16,7 +16,7 @@ import weakref
 
 from nats.aio.client import Client as NATS
 
-from shared.broker.leases import NATS_ERRORS
+from shared.broker.connection import NATS_ERRORS
 from shared.protocol.errors import CloseCode, IkiroError
 from shared.protocol.miniapp import ConnectionRecord, ConnectionStatus, PresenceEvent
 from shared.runtime.tasks import TaskOwner

@@ -23,8 +23,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from shared.broker.connection import NATS_ERRORS
 from shared.broker.kv import KV_OPERATION, MARKER_REASON, Bucket, is_removal
-from shared.broker.leases import NATS_ERRORS, Leases
+from shared.broker.leases import Leases
 from shared.protocol import codec, subjects
 from shared.protocol.miniapp import (
     CONNECTION_RECORD,

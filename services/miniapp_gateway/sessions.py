@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from shared.broker.connection import NATS_ERRORS
 from shared.broker.kv import is_removal, stop_watcher
 from shared.protocol import codec, subjects
 from shared.protocol.errors import CloseCode
@@ -240,7 +241,7 @@ class LocalSession:
         while True:
             await asyncio.sleep(period)
             if time.time() - self.record.at >= period:
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                with contextlib.suppress(*NATS_ERRORS):
                     await self.store.touch(self.session_id, self.record, self.revision)
 
     # --- presence: joins and leaves from every replica ---

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.broker.connection import NATS_ERRORS
 from shared.broker.kv import Bucket, Change, ModelCodec, WrongRevision, compare_and_set
 from shared.protocol import codec
-from shared.protocol.errors import ErrorCode, IkiroError
+from shared.protocol.errors import ErrorCode, IkiroError, Unavailable
 from shared.protocol.miniapp import MAX_FRAME_BYTES, SESSION_RECORD, SessionRecord, Source, Update
 from shared.runtime.tasks import TaskOwner
 
 from .mergepatch import merge_patch
 from .metrics import MiniAppGatewayMetrics
+
+log = logging.getLogger(__name__)
 
 SESSION_CODEC = ModelCodec(SESSION_RECORD)
 # The patches written together in one record: at most one frame's worth, so a record stays within
@@ -97,20 +101,22 @@ class StateStore:
 
     async def _write_all(self, session_id: str, queue: _Queue) -> None:
         """Write the session's queued updates, a batch per write, until none is left."""
+        batch: list[_Pending] = []
         try:
             while queue.pending:
-                batch: list[_Pending] = []
+                batch = []
                 size = 0
                 while queue.pending and (not batch or size + queue.pending[0].size <= BATCH_BYTES):
                     size += queue.pending[0].size
                     batch.append(queue.pending.pop(0))
                 cached, queue.cached = queue.cached, None
                 await self._write(session_id, batch, cached)
-        except Exception as err:
+        except BaseException as err:
+            # Every sender awaits its update's outcome: none may be left waiting, whatever happened.
             failure = (
                 err if isinstance(err, IkiroError) else IkiroError("internal error", ErrorCode.INTERNAL_ERROR)
             )
-            for update in queue.pending:
+            for update in (*batch, *queue.pending):
                 if not update.done.done():  # its sender may have gone (a cancelled await)
                     update.done.set_exception(failure)
             raise
@@ -171,6 +177,11 @@ class StateStore:
                 await self._compare_and_set(session_id, next_versions, None)
         except IkiroError as err:
             outcomes = [err] * len(batch)
+        except NATS_ERRORS as err:
+            # The broker did not answer (a node or leader moving): the write may or may not have
+            # landed, and the session's next state_update says which.
+            log.warning("session write failed: %s", err, extra={"session_id": session_id})
+            outcomes = [Unavailable("the state store did not answer; the update may yet appear")] * len(batch)
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, IkiroError):
                 self.metrics.state_updates.labels(source=item.source, result=outcome.code).inc()

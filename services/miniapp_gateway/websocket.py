@@ -15,7 +15,7 @@ import uuid
 
 from aiohttp import web
 
-from shared.broker.leases import NATS_ERRORS
+from shared.broker.connection import NATS_ERRORS
 from shared.protocol.errors import CloseCode, ErrorCode
 from shared.protocol.subjects import is_token
 from shared.runtime.service import accepts_sockets

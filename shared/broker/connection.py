@@ -31,6 +31,9 @@ from shared.runtime.tasks import KeyedWorkers
 
 log = logging.getLogger(__name__)
 
+# What a call to NATS or JetStream raises when the broker cannot answer (nats-py's JetStream errors
+# and its timeouts are subclasses of these).
+NATS_ERRORS = (nats.errors.Error, TimeoutError)
 REQUEST_TIMEOUT_S = 5.0
 # What NATS may buffer for one API subscription before it reports a slow consumer.
 PENDING_MSGS = 10_000

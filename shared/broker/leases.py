@@ -14,16 +14,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-import nats.errors
-import nats.js.errors
-
+from shared.broker.connection import NATS_ERRORS
 from shared.broker.kv import Bucket, Entry, Following, WrongRevision
 from shared.protocol import codec
 from shared.runtime.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
-NATS_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError)
 SYNC_TIMEOUT_S = 10.0
 
 
