@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from shared.broker.connection import NATS_ERRORS, on_reconnect
 from shared.broker.streams import ensure_edge_gateway
 from shared.protocol import codec, subjects
 from shared.protocol.agents import PRESENCE_EVENT
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 DELIVER_PENDING_MSGS = 256
 DELIVER_PENDING_BYTES = 4 * 1024 * 1024
 PULL_RETRY_MAX_S = 5.0
+REASSERT_AT_ONCE = 64
+CLAIM_RETRIES_S = (0.2, 0.5, 1.0)
+REASSERT_RETRIES_S = (0.0, 1.0, 2.0, 4.0)
 
 
 class Gateway:
@@ -53,6 +57,7 @@ class Gateway:
         agents = await ensure_edge_gateway(self.nc.jetstream(), self.settings.jetstream_replicas)
         self.upstream = Upstream(self.nc, agents, self.tasks, self.settings.upstream_timeout_s)
         self._presence_sub = await self.nc.subscribe(subjects.PRESENCE_ALL, cb=self._on_presence)
+        on_reconnect(self.nc, self._reassert_presence)
 
     async def drain(self) -> None:
         """Close every socket with 1012 so agents reconnect at once elsewhere; wait for cleanup."""
@@ -70,13 +75,12 @@ class Gateway:
         await self.tasks.close()
 
     async def serve(self, conn: EdgeConnection) -> None:
-        """The life of one socket: claim the agent, push what waits, read until it closes, release."""
+        """The life of one socket, opened already: push what waits, read until it closes, release."""
         pusher: asyncio.Task[None] | None = None
 
         async def read() -> None:
             nonlocal pusher
             try:
-                await self.open(conn)
                 pusher = self.tasks.spawn(self.push_pending(conn), "push_pending")
                 await conn.read_frames(
                     functools.partial(handle_frame, conn, self.upstream),
@@ -121,7 +125,14 @@ class Gateway:
             pending_msgs_limit=DELIVER_PENDING_MSGS,
             pending_bytes_limit=DELIVER_PENDING_BYTES,
         )
-        conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
+        for delay_s in CLAIM_RETRIES_S:  # a JetStream leader election takes a moment
+            try:
+                conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
+                break
+            except NATS_ERRORS:
+                await asyncio.sleep(delay_s)
+        else:
+            conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
         if conn.saw_newer(0):
             conn.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
 
@@ -164,6 +175,32 @@ class Gateway:
                 if not conn.send("command", codec.encode("command", command)):
                     return
             return
+
+    async def _reassert_presence(self) -> None:
+        """Back on NATS: put every socket of this gateway back online, or close it if replaced."""
+        conns = list(self.sockets.values())
+        for delay_s in REASSERT_RETRIES_S:
+            await asyncio.sleep(delay_s)
+            failed: list[EdgeConnection] = []
+            for start in range(0, len(conns), REASSERT_AT_ONCE):
+                chunk = [conn for conn in conns[start : start + REASSERT_AT_ONCE] if not conn.closing]
+                epochs = await asyncio.gather(
+                    *(self.upstream.reassert(conn) for conn in chunk), return_exceptions=True
+                )
+                for conn, epoch in zip(chunk, epochs, strict=True):
+                    if isinstance(epoch, BaseException):
+                        failed.append(conn)
+                    elif epoch is None:
+                        conn.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
+                    else:
+                        conn.epoch = epoch
+            if not failed:
+                return
+            conns = failed
+        # Still failing: these agents' sockets go, so that they come back and claim afresh.
+        log.warning("presence not reasserted for %d sockets: closing them", len(conns))
+        for conn in conns:
+            conn.close_soon(CloseCode.SERVICE_RESTART, "reconnect")
 
     async def _on_presence(self, msg: Msg) -> None:
         """Another replica (or this one) announced a socket: close ours if it is now the older."""

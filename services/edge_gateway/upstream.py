@@ -17,16 +17,19 @@ from nats.aio.client import Client as NATS
 from shared.broker.connection import NATS_ERRORS, request
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
-from shared.protocol.agents import AgentPresence, AgentStatus, AgentSync, PresenceEvent
+from shared.protocol.agents import PRESENCE, AgentPresence, AgentStatus, AgentSync, PresenceEvent
 from shared.protocol.commands import MAX_ACKS_PER_BATCH, AckBatch, AgentAck, PullRequest
 from shared.protocol.edge import CommandAck, PendingEvent
-from shared.protocol.errors import IkiroError, Unavailable
+from shared.protocol.errors import ErrorCode, IkiroError, Unavailable
 from shared.runtime.tasks import TaskOwner
 
 from .connection import EdgeConnection
 
 # Acks in flight at once from this gateway; an agent's acks always take the same lane.
 ACK_LANES = 4
+# How long a batch waits for a dispatcher before it is stored instead. Acks behind it in its lane
+# wait as long, in this process's memory only: the bound on what a SIGKILL here can take with it.
+ACK_TIMEOUT_S = 1.0
 
 
 class Upstream:
@@ -73,11 +76,14 @@ class Upstream:
             self._busy.discard(id(lane))
 
     async def acks(self, acks: list[AgentAck]) -> None:
-        """Hand acks to a dispatcher; with none reachable, store them in JetStream for later."""
+        """Hand acks to a dispatcher; when none answers in time, or one could not apply them, store
+        them in JetStream for a dispatcher to apply later (applying an ack twice changes nothing)."""
         body = codec.dumps(AckBatch(acks=acks))
         try:
-            await request(self.nc, subjects.ACKS_SUBMIT, body, self.timeout_s)
-        except Unavailable:
+            await request(self.nc, subjects.ACKS_SUBMIT, body, min(self.timeout_s, ACK_TIMEOUT_S))
+        except IkiroError as err:
+            if err.code not in (ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL_ERROR):
+                raise
             try:
                 await self.js.publish(subjects.ACKS_STORED, body, timeout=self.timeout_s)
             except NATS_ERRORS as err:
@@ -119,6 +125,27 @@ class Upstream:
         epoch = await self.agents.put(subjects.agent_key("presence", edge_agent_id), codec.dumps(record))
         await self._announce(edge_agent_id, "connected", connection_id, epoch)
         return epoch
+
+    async def reassert(self, conn: EdgeConnection) -> int | None:
+        """After this gateway was cut off from NATS, a dispatcher that found nobody answering for the
+        socket may have marked the agent offline: mark it online again, unless another socket has
+        claimed it since. The socket's epoch now, or None when it has been replaced."""
+        key = subjects.agent_key("presence", conn.edge_agent_id)
+        found = await self.agents.get(key, PRESENCE, fresh=True)
+        if found is not None and found[0].connection_id != conn.connection_id:
+            return None
+        if found is not None and found[0].online:
+            return found[1]
+        back = AgentPresence(
+            edge_agent_id=conn.edge_agent_id,
+            online=True,
+            connection_id=conn.connection_id,
+            connected_at=conn.connected_at,
+        )
+        try:
+            return await self.agents.write(key, codec.dumps(back), found[1] if found else 0)
+        except WrongRevision:
+            return None  # claimed by a newer socket meanwhile
 
     async def release(
         self, edge_agent_id: str, connection_id: str, epoch: int, connected_at: datetime

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
-from shared.protocol.errors import ErrorCode
+from shared.broker.connection import NATS_ERRORS
+from shared.protocol.errors import ErrorCode, IkiroError
 from shared.runtime.service import accepts_sockets
 from shared.runtime.socket import Outbox
 
@@ -34,8 +36,6 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
     # aiohttp refuses a frame of exactly `max_msg_size` bytes; the contract allows up to the limit,
     # so aiohttp gets one byte more and `read_frames` refuses what is over.
     ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 1, autoping=True)
-    await ws.prepare(request)
-    metrics.handshakes.labels(outcome="accepted").inc()
     conn = EdgeConnection(
         ws,
         request.transport,
@@ -45,6 +45,21 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
         settings.send_timeout_s,
         settings.max_bad_frames_per_min,
     )
+    # Registered before the upgrade: a socket the rest of the system cannot reach is never opened,
+    # so nothing an agent sends is read on one that is closed a moment later (its acks lost).
+    try:
+        await gateway.open(conn)
+    except (IkiroError, *NATS_ERRORS) as err:
+        await gateway.close(conn)
+        metrics.handshakes.labels(outcome="unavailable").inc()
+        log.warning("edge connection not registered: %s", err, extra={"edge_agent_id": conn.edge_agent_id})
+        return error_response(503, ErrorCode.UNAVAILABLE, "connection could not be registered, reconnect")
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        await asyncio.shield(gateway.close(conn))
+        raise
+    metrics.handshakes.labels(outcome="accepted").inc()
     log.info(
         "edge agent connected",
         extra={

@@ -5,10 +5,12 @@ Every reply is `{"ok": true, ...}` or `{"ok": false, "error": {"code", "message"
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -31,13 +33,39 @@ from shared.runtime.tasks import KeyedWorkers
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # What a call to NATS or JetStream raises when the broker cannot answer (nats-py's JetStream errors
 # and its timeouts are subclasses of these).
 NATS_ERRORS = (nats.errors.Error, TimeoutError)
 REQUEST_TIMEOUT_S = 5.0
+# How long set-up waits for a broker that does not answer before the service gives up starting.
+PATIENCE_S = 60.0
 # What NATS may buffer for one API subscription before it reports a slow consumer.
 PENDING_MSGS = 10_000
 PENDING_BYTES = 64 * 1024 * 1024
+
+
+# What to redo after a reconnect, per connection (`on_reconnect`): a client does not learn what the
+# rest of the system concluded while it was away.
+_RECONNECT_HOOKS: weakref.WeakKeyDictionary[NATS, list[Callable[[], Awaitable[None]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_HOOK_TASKS: set[asyncio.Task[None]] = set()
+
+
+def on_reconnect(nc: NATS, hook: Callable[[], Awaitable[None]]) -> None:
+    """Run `hook` after each reconnect of a connection made by `connect` (its failure is logged)."""
+    _RECONNECT_HOOKS.setdefault(nc, []).append(hook)
+
+
+async def _run_hook(hook: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await hook()
+    except Exception:
+        log.exception("after the reconnect: %s failed", getattr(hook, "__qualname__", hook))
 
 
 async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str) -> NATS:
@@ -56,6 +84,11 @@ async def connect(settings: ServiceSettings, metrics: ServiceMetrics, name: str)
         metrics.nats_connected.set(1)
         metrics.nats_reconnects.inc()
         log.info("nats reconnected")
+        # In tasks: nats-py awaits this callback inside its reconnect, which must not wait on them.
+        for hook in _RECONNECT_HOOKS.get(client[0], []) if client else []:
+            task = asyncio.create_task(_run_hook(hook))
+            _HOOK_TASKS.add(task)
+            task.add_done_callback(_HOOK_TASKS.discard)
 
     async def on_error(err: Exception) -> None:
         metrics.nats_errors.inc()
@@ -86,14 +119,33 @@ async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_
         msg = await nc.request(subject, data, timeout=timeout_s)
     except nats.errors.NoRespondersError:
         raise NoResponders(f"nobody answers {subject}") from None
-    except (TimeoutError, nats.errors.TimeoutError):
+    except TimeoutError:
         raise Unavailable(f"{subject} timed out") from None
+    except nats.errors.Error as failure:
+        raise Unavailable(f"{subject}: {failure}") from None
     reply = codec.loads(msg.data)
     if not isinstance(reply, dict) or not reply.get("ok"):
         err = reply.get("error") if isinstance(reply, dict) else None
         raise error_from_body(err if isinstance(err, dict) else {"code": ErrorCode.INTERNAL_ERROR})
     reply.pop("ok")
     return reply
+
+
+async def patiently(call: Callable[[], Awaitable[T]], what: str, within_s: float = PATIENCE_S) -> T:
+    """`call()`, again while the broker cannot answer (JetStream electing a leader, a node coming
+    back) for up to `within_s`: for the set-up a service cannot start without."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    delay = 0.2
+    while True:
+        try:
+            return await call()
+        except NATS_ERRORS as err:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("%s: the broker did not answer (%s), again in %.1f s", what, err, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 Handler = Callable[[bytes], Awaitable[dict[str, Any]]]
@@ -112,6 +164,10 @@ async def serve_requests(
             reply: dict[str, Any] = {"ok": True, **await handler(msg.data)}
         except IkiroError as err:
             reply = {"ok": False, "error": error_body(err)}
+        except NATS_ERRORS as err:
+            # The broker did not answer this handler (a node or leader moving): the caller may ask again.
+            logger.warning("request on %s: the broker did not answer: %s", msg.subject, err)
+            reply = {"ok": False, "error": error_body(Unavailable("the store did not answer, try again"))}
         except Exception:
             logger.exception("request on %s failed", msg.subject)
             reply = {"ok": False, "error": error_body(RuntimeError())}

@@ -166,7 +166,7 @@ class ServerSocket:
             return False
         if not queued:
             self.metrics.frames_dropped.labels(type=kind).inc()
-        elif self._writer is None:
+        elif self._writer is None and self.ws.prepared:  # before the upgrade, `run` starts it
             self._writer = asyncio.create_task(self._write())
         return queued
 
@@ -179,13 +179,16 @@ class ServerSocket:
         slow = code == CloseCode.TRY_AGAIN_LATER
         self.outbox.close(discard=slow)
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
+            if self.ws.prepared:  # before the upgrade, `run` starts it
+                self._writer = asyncio.create_task(self._write())
         elif slow and self._sending:
             self._interrupted = True
             self._writer.cancel()
 
     async def run(self, read: Callable[[], Awaitable[None]]) -> None:
         """Read with `read` in this task until the socket ends; return once it is closed."""
+        if self._writer is None and (len(self.outbox) or self.close_request is not None):
+            self._writer = asyncio.create_task(self._write())  # queued before the upgrade
         try:
             await read()
         finally:
