@@ -15,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from shared.broker.connection import serve_requests
 from shared.broker.streams import ensure_edge
 from shared.protocol import subjects
+from shared.protocol.errors import ErrorCode, IkiroError
 from shared.runtime.service import new_task_owner, service_app
 from shared.runtime.tasks import KeyedWorkers
 
@@ -64,7 +65,7 @@ class Dispatcher:
             delivery,
             self.metrics,
             self.settings.max_queued_per_agent,
-            lambda work: self.tasks.spawn(work, "push"),
+            lambda work: self.tasks.spawn(work, "after_reply"),
         )
         await self.membership.start()
         await self.view.start()  # every unfinished command and agent, before answering anything
@@ -100,10 +101,17 @@ class Dispatcher:
                 for msg in msgs:
                     try:
                         await self.handlers.handle_acks(msg.data)
-                        await msg.ack()
+                    except IkiroError as err:
+                        if err.code is ErrorCode.UNAVAILABLE:
+                            await msg.nak(delay=1.0)
+                            continue
+                        # Refused for what it is, not for when: it would be refused forever.
+                        log.error("stored acks dropped: %s", err.message)
                     except Exception:
-                        log.exception("stored ack failed")
+                        log.exception("stored acks failed")
                         await msg.nak(delay=1.0)
+                        continue
+                    await msg.ack()
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

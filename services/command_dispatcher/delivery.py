@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from shared.broker.connection import request
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
-from shared.protocol.agents import deliver_request
+from shared.protocol.agents import AgentPresence, deliver_request
 from shared.protocol.errors import IkiroError, NoResponders
 
 from .lifecycle import TimerAction, Timing, due_for_pull, mark_sent, pull_order, timer_action
@@ -22,6 +22,9 @@ from .store import CommandStore
 from .view import View
 
 log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 1.0
+OFFLINE_RECHECK_S = 1.0
 
 
 class Delivery:
@@ -81,9 +84,29 @@ class Delivery:
             await self.push(sent)
 
     async def mark_offline(self, edge_agent_id: str, connection_id: str) -> None:
-        """The socket is gone with its gateway: say so, unless a newer socket has claimed the agent."""
-        found = self.view.presence.get(edge_agent_id)
-        if found is None or found[0].connection_id != connection_id or not found[0].online:
+        """Nobody answered for the socket: unless it answers a probe a moment later (its gateway may
+        have been between NATS servers) or a newer socket claimed the agent, say it is gone."""
+
+        def current() -> tuple[AgentPresence, int] | None:
+            found = self.view.presence.get(edge_agent_id)
+            if found is None or found[0].connection_id != connection_id or not found[0].online:
+                return None
+            return found
+
+        if current() is None:
+            return
+        await asyncio.sleep(OFFLINE_RECHECK_S)
+        try:
+            await request(
+                self.nc, subjects.deliver(edge_agent_id), deliver_request(connection_id), PROBE_TIMEOUT_S
+            )
+            return  # it answers: still there
+        except NoResponders:
+            pass
+        except IkiroError:
+            return  # a gateway too busy to answer in time: not proof the socket is gone
+        found = current()
+        if found is None:
             return
         presence, revision = found
         gone = presence.model_copy(update={"online": False, "disconnected_at": codec.utcnow()})

@@ -26,9 +26,17 @@ from shared.protocol.commands import (
     validate_payload,
 )
 from shared.protocol.edge import CommandType
-from shared.protocol.errors import Conflict, IkiroError, NoResponders, NotCancellable, NotFound, QueueFull
+from shared.protocol.errors import (
+    Conflict,
+    IkiroError,
+    NoResponders,
+    NotCancellable,
+    NotFound,
+    QueueFull,
+    Unavailable,
+)
 
-from .delivery import Delivery
+from .delivery import PROBE_TIMEOUT_S, Delivery
 from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, new_record, same_content
 from .metrics import DispatcherMetrics
 from .records import Record, command_data
@@ -37,7 +45,7 @@ from .view import View
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 1.0
+TAKEN_READ_RETRIES_S = (0.05, 0.25, 1.0)
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
@@ -58,7 +66,7 @@ class Handlers:
         self.delivery = delivery
         self.metrics = metrics
         self.max_queued_per_agent = max_queued_per_agent
-        self.spawn = spawn  # runs work that goes on after the reply (the first push)
+        self.spawn = spawn  # runs work that goes on after the reply (the first push, an offline mark)
 
     def routes(self) -> dict[str, Handler]:
         return {
@@ -96,12 +104,24 @@ class Handlers:
             if self.view.count(req.edge_agent_id) >= self.max_queued_per_agent:
                 self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
                 raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
-            raise NotFound(f"command {command_id} is no longer kept")  # only retention removes records
+            existing = await self._read_taken(command_id)
         if not same_content(existing, req):
             self.metrics.submitted.labels(command_type=command_type, result="conflict").inc()
             raise Conflict(f"command {command_id} was already submitted with other content")
         self.metrics.submitted.labels(command_type=command_type, result="duplicate").inc()
         return {"command_id": command_id, "state": existing.state.value, "duplicate": True}
+
+    async def _read_taken(self, command_id: str) -> Record:
+        """The record whose `create` just refused this id. Not finding it is no proof it is absent:
+        in a cluster the read may reach a store that has not caught up yet (a leader change). A
+        caller told `not_found` would submit under a new id and the message would go out twice, so
+        ask again and, failing that, answer `unavailable`: the caller retries with the same id."""
+        for delay_s in TAKEN_READ_RETRIES_S:
+            await asyncio.sleep(delay_s)
+            existing = await self.store.read(command_id)
+            if existing is not None:
+                return existing
+        raise Unavailable(f"command {command_id} is being stored; submit it again with the same id")
 
     async def handle_get(self, data: bytes) -> dict[str, Any]:
         req = parse_request(COMMAND_ID_REQUEST, data)
@@ -139,7 +159,7 @@ class Handlers:
                 online = True
                 last_seen = reply.get("last_seen")
             except NoResponders:
-                await self.delivery.mark_offline(agent, presence.connection_id)
+                self.spawn(self.delivery.mark_offline(agent, presence.connection_id))
             except IkiroError:
                 pass  # a gateway too busy to answer the probe in time: not proof the agent is gone
         seen = [

@@ -16,6 +16,7 @@ import itertools
 import logging
 import time
 
+from shared.broker.connection import NATS_ERRORS
 from shared.protocol.commands import CommandState
 from shared.runtime.tasks import KeyedWorkers
 
@@ -29,6 +30,7 @@ from .view import View
 log = logging.getLogger(__name__)
 
 OWNER_RECHECK_S = 5.0
+RETRY_S = 1.0
 CONCURRENCY = 512
 _FINAL = {
     TimerAction.EXPIRE: (CommandState.EXPIRED, "expired"),
@@ -114,12 +116,19 @@ class Timers:
             return
         record = found[0]
         action, _ = timer_action(record, time.time(), self.timing, self.view.link(record.edge_agent_id))
-        if action in (TimerAction.DELIVER, TimerAction.REDELIVER):
-            await self.delivery.send(command_id)
-        elif action in _FINAL:
-            await self.store.transition(command_id, functools.partial(self._finish, action))
-        elif action is TimerAction.WAIT:
-            self.schedule(record, revision)  # the clock ran a little behind the deadline
+        try:
+            if action in (TimerAction.DELIVER, TimerAction.REDELIVER):
+                await self.delivery.send(command_id)
+            elif action in _FINAL:
+                await self.store.transition(command_id, functools.partial(self._finish, action))
+            elif action is TimerAction.WAIT:
+                self.schedule(record, revision)  # the clock ran a little behind the deadline
+        except NATS_ERRORS as err:
+            # The write did not happen (or its outcome is unknown): nothing else would look at this
+            # command again until it changes, so look again shortly.
+            log.warning("timer of %s not applied, retrying: %s", command_id, err)
+            heapq.heappush(self._heap, (time.time() + RETRY_S, next(self._order), command_id, revision))
+            self._wake.set()
 
     def _finish(self, action: TimerAction, current: Record) -> Record | None:
         now = time.time()

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, TypeAdapter
 
+from shared.broker.connection import patiently
 from shared.protocol import subjects
 from shared.protocol.errors import Unavailable
 
@@ -164,14 +165,17 @@ class Bucket:
             if pending == 0:
                 following.synced.set()
 
-        following.sub = await self.js.subscribe(
-            subjects.kv_subject(self.name, pattern),
-            stream=self.stream,
-            cb=on_msg,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        following.sub = await patiently(
+            lambda: self.js.subscribe(
+                subjects.kv_subject(self.name, pattern),
+                stream=self.stream,
+                cb=on_msg,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ),
+            f"following {self.name}",
         )
-        info = await following.sub.consumer_info()
+        info = await patiently(following.sub.consumer_info, f"following {self.name}")
         if info.num_pending == 0 and following.sub.delivered == 0:
             following.synced.set()
         return following

@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from shared.broker.connection import NATS_ERRORS
+from shared.broker.connection import NATS_ERRORS, patiently
 from shared.broker.kv import Bucket, Entry, Following, WrongRevision
 from shared.protocol import codec
 from shared.runtime.tasks import TaskOwner
@@ -51,7 +51,7 @@ class Leases:
         return f"{self.prefix}.{replica_id}"
 
     async def start(self) -> None:
-        await self._take()
+        await patiently(self._take, f"{self.name} lease")
         self._following = await self.bucket.follow(f"{self.prefix}.*", self._on_entry)
         self.owner.keep(f"{self.name}_heartbeat", self._heartbeat)
         async with asyncio.timeout(SYNC_TIMEOUT_S):

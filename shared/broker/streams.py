@@ -12,6 +12,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
+from shared.broker.connection import patiently
 from shared.broker.kv import Bucket
 from shared.protocol import subjects
 
@@ -26,19 +27,29 @@ MARKER_TTL_S = 24 * 3600
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to `config`."""
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError:
-        await js.update_stream(config)
+    """Create the stream, or bring an existing one to `config` (waiting for a broker that is not
+    answering yet)."""
+
+    async def ensure() -> None:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+    await patiently(ensure, f"stream {config.name}")
 
 
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int = 0) -> Bucket:
-    """Create the bucket, or bring an existing one's limits to `config`.
+    """Create the bucket, or bring an existing one's limits to `config` (waiting for a broker that
+    is not answering yet).
 
     `max_consumers` sets how many consumers its stream may have: nats-server 2.15 allows 1,000 per
     stream unless the stream says otherwise, and a MiniApp gateway holds one per active session.
     """
+    return await patiently(lambda: _ensure_bucket(js, config, max_consumers), f"bucket {config.bucket}")
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int) -> Bucket:
     try:
         kv = await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
