@@ -43,6 +43,8 @@ class EdgeConnection(ServerSocket):
         "subscription",
     )
     metrics: EdgeGatewayMetrics
+    # Acks the agent sent before it saw our close (a drain's 1012, say) are still applied.
+    READ_THROUGH_CLOSE = True
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.shutdown_grace_s / 2):
                 await self.all_closed.wait()
+                await self.upstream.acks_settled()  # the last acks read go out before NATS drains
 
     async def stop(self) -> None:
         if self._presence_sub is not None:

@@ -7,6 +7,8 @@ dispatcher can be reached a batch is stored in JetStream for one to apply later,
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import zlib
 from datetime import datetime
@@ -25,11 +27,15 @@ from shared.runtime.tasks import TaskOwner
 
 from .connection import EdgeConnection
 
+log = logging.getLogger(__name__)
+
 # Acks in flight at once from this gateway; an agent's acks always take the same lane.
 ACK_LANES = 4
 # How long a batch waits for a dispatcher before it is stored instead. Acks behind it in its lane
 # wait as long, in this process's memory only: the bound on what a SIGKILL here can take with it.
 ACK_TIMEOUT_S = 1.0
+ACK_RETRY_FIRST_S = 0.5
+ACK_RETRY_MAX_S = 5.0
 
 
 class Upstream:
@@ -41,6 +47,8 @@ class Upstream:
         self.timeout_s = timeout_s
         self._lanes: list[list[tuple[EdgeConnection, AgentAck]]] = [[] for _ in range(ACK_LANES)]
         self._busy: set[int] = set()  # lanes with a batch on its way
+        self._acks_settled = asyncio.Event()  # no ack waits in any lane
+        self._acks_settled.set()
 
     # --- acks: in each agent's order, batched across sockets while a batch is on its way ---
 
@@ -56,24 +64,39 @@ class Upstream:
         )
         if id(lane) not in self._busy:
             self._busy.add(id(lane))
+            self._acks_settled.clear()
             self.owner.spawn(self._forward(lane), "ack_forward")
 
     async def _forward(self, lane: list[tuple[EdgeConnection, AgentAck]]) -> None:
+        retry_s = ACK_RETRY_FIRST_S
         try:
             while lane:
                 batch = lane[:MAX_ACKS_PER_BATCH]
-                del lane[:MAX_ACKS_PER_BATCH]
                 try:
                     await self.acks([ack for _, ack in batch])
-                except IkiroError as err:
+                except Unavailable as err:
+                    # Neither a dispatcher nor the store took them. An agent sends each ack once, so
+                    # they are kept and sent again (their sockets wait meanwhile: MAX_ACKS_IN_FLIGHT).
+                    log.warning("%d acks not recorded, again in %.1f s: %s", len(batch), retry_s, err.message)
+                    await asyncio.sleep(retry_s)
+                    retry_s = min(retry_s * 2, ACK_RETRY_MAX_S)
+                    continue
+                except IkiroError as err:  # refused for what they are: sending again would not help
                     frame = codec.error_frame(err)
                     for conn in {id(conn): conn for conn, _ in batch}.values():
                         conn.send("error", frame)
-                finally:
-                    for conn, _ in batch:
-                        conn.acks_done(1)
+                retry_s = ACK_RETRY_FIRST_S
+                del lane[: len(batch)]
+                for conn, _ in batch:
+                    conn.acks_done(1)
         finally:
             self._busy.discard(id(lane))
+            if not self._busy:
+                self._acks_settled.set()
+
+    async def acks_settled(self) -> None:
+        """Until every ack taken from a socket has been applied or stored."""
+        await self._acks_settled.wait()
 
     async def acks(self, acks: list[AgentAck]) -> None:
         """Hand acks to a dispatcher; when none answers in time, or one could not apply them, store

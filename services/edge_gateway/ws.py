@@ -35,7 +35,9 @@ async def edge_ws(request: web.Request) -> web.StreamResponse:
 
     # aiohttp refuses a frame of exactly `max_msg_size` bytes; the contract allows up to the limit,
     # so aiohttp gets one byte more and `read_frames` refuses what is over.
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 1, autoping=True)
+    # autoclose off: the socket does its own close handshake, reading the agent's frames up to its
+    # close frame (EdgeConnection.READ_THROUGH_CLOSE).
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 1, autoping=True, autoclose=False)
     conn = EdgeConnection(
         ws,
         request.transport,

@@ -111,8 +111,16 @@ class CloseRequest:
 class ServerSocket:
     """Per-socket state is kept small on purpose: tens of thousands live in one process."""
 
+    # Whether frames that arrive after this side's close frame (before the peer's) are still read:
+    # an edge agent's acks in flight when its gateway drains are worth keeping. Needs a socket made
+    # with autoclose=False, since the close handshake is then done here.
+    READ_THROUGH_CLOSE = False
+
     __slots__ = (
+        "_close_sent",
         "_interrupted",
+        "_peer_closed",
+        "_peer_code",
         "_sending",
         "_writer",
         "close_request",
@@ -140,6 +148,9 @@ class ServerSocket:
         self._writer: asyncio.Task[None] | None = None
         self._sending = False
         self._interrupted = False
+        self._close_sent = False
+        self._peer_closed = False
+        self._peer_code: int | None = None  # the code of a close the peer began
 
     @property
     def closing(self) -> bool:
@@ -147,7 +158,9 @@ class ServerSocket:
 
     @property
     def close_code(self) -> int:
-        """The code this side closed with, else the peer's (1006 when there was none)."""
+        """The code of whichever side closed first (1006 when neither sent one)."""
+        if self._peer_code is not None:
+            return self._peer_code
         if self.close_request is not None:
             return self.close_request.code
         return self.ws.close_code or CloseCode.ABNORMAL
@@ -202,6 +215,8 @@ class ServerSocket:
                 if not done:
                     writer.cancel()
                     self._abort()
+            if self.READ_THROUGH_CLOSE and not (self._close_sent and self._peer_closed):
+                self._abort()  # no close frame came back in time (or none could be sent)
 
     async def read_frames(
         self,
@@ -214,11 +229,15 @@ class ServerSocket:
         Over `max_frame_bytes` closes with 1009; nothing received for `idle_timeout_s`, with 1001.
         """
         ws = self.ws
-        while self.close_request is None:
+        while self._reading():
+            closing = self.close_request is not None
             try:
-                msg = await ws.receive(timeout=idle_timeout_s)
+                msg = await ws.receive(
+                    timeout=CLOSE_TIMEOUT_S + self.write_timeout_s if closing else idle_timeout_s
+                )
             except TimeoutError:
-                self.close_soon(CloseCode.GOING_AWAY, "idle timeout")
+                if not closing:
+                    self.close_soon(CloseCode.GOING_AWAY, "idle timeout")
                 return
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 raw = msg.data.encode() if isinstance(msg.data, str) else msg.data
@@ -226,8 +245,31 @@ class ServerSocket:
                     self.close_soon(CloseCode.MESSAGE_TOO_BIG, "frame too big")
                     return
                 await on_frame(raw)
+            elif msg.type is WSMsgType.CLOSE and self.READ_THROUGH_CLOSE:
+                self._peer_closed = True
+                if self.close_request is None:  # the peer began: answer, and remember its code
+                    self._peer_code = msg.data if isinstance(msg.data, int) else CloseCode.NORMAL
+                    self.close_soon(CloseCode.NORMAL, "")
+                self._finish_close()
+                return
             else:  # CLOSE, CLOSING, CLOSED, or ERROR (aiohttp has closed the socket)
                 return
+
+    def _reading(self) -> bool:
+        """Until a close is asked for; with READ_THROUGH_CLOSE, until the peer's close frame, unless
+        the peer is not to be listened to any more (too slow, or its frame too big)."""
+        request = self.close_request
+        if request is None:
+            return True
+        return self.READ_THROUGH_CLOSE and request.code not in (
+            CloseCode.TRY_AGAIN_LATER,
+            CloseCode.MESSAGE_TOO_BIG,
+        )
+
+    def _finish_close(self) -> None:
+        """Both close frames have passed: end the connection (the transport flushes first)."""
+        if self._close_sent and self._peer_closed and self.transport is not None:
+            self.transport.close()
 
     async def _write(self) -> None:
         """Write what is queued, then close if a close was asked for; exit when there is nothing."""
@@ -258,6 +300,9 @@ class ServerSocket:
 
     async def _close(self) -> None:
         request = self.close_request or CloseRequest(CloseCode.NORMAL, "")
+        if self.READ_THROUGH_CLOSE and self._reading():
+            await self._send_close_frame(request)
+            return
         if not self.ws.closed:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -276,6 +321,18 @@ class ServerSocket:
         if transport is not None and transport.get_write_buffer_size():
             # The close frame waits behind data the peer has not read: give it a while, then cut.
             asyncio.get_running_loop().call_later(ABORT_AFTER_S, transport.abort)
+
+    async def _send_close_frame(self, request: CloseRequest) -> None:
+        """The close frame alone: the reader goes on until the peer's, then ends the connection."""
+        payload = request.code.to_bytes(2, "big") + request.reason.encode()[:120]
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.send_frame(payload, WSMsgType.CLOSE)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            self._abort()
+            return
+        self._close_sent = True
+        self._finish_close()
 
     def _abort(self) -> None:
         if self.transport is not None:
