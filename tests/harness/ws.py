@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -120,3 +125,58 @@ def frame_of_size(type_: str, size: int) -> str:
     text = json.dumps({"type": type_, "data": {"patch": {"pad": "x" * (size - len(empty))}}})
     assert len(text) == size
     return text
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool) -> bytes:
+    """One masked client frame, by hand (aiohttp sends only whole messages)."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 65536:
+        length = bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    key = int.from_bytes((mask * (size // 4 + 1))[:size], "big")
+    masked = (int.from_bytes(payload, "big") ^ key).to_bytes(size, "big") if size else b""
+    return bytes([(0x80 if fin else 0) | opcode]) + length + mask + masked
+
+
+async def fragmented_message_close(url: str, headers: dict[str, str], fragments: list[int]) -> int:
+    """Upgrade by hand, send one text message in fragments of these sizes, return the close code."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = [
+            f"GET {parts.path}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
+        status = await asyncio.wait_for(reader.readline(), 5)
+        assert b" 101 " in status, status
+        while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b""):
+            pass
+        for index, size in enumerate(fragments):
+            opcode = 0x1 if index == 0 else 0x0  # text, then continuations
+            writer.write(client_frame(opcode, b"x" * size, fin=index == len(fragments) - 1))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        async with asyncio.timeout(10):
+            while True:  # server frames (a `connected` first, on a MiniApp socket) until the close
+                head = await reader.readexactly(2)
+                size = head[1] & 0x7F
+                if size == 126:
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                elif size == 127:
+                    size = int.from_bytes(await reader.readexactly(8), "big")
+                payload = await reader.readexactly(size)
+                if head[0] & 0x0F == 0x8:
+                    return int.from_bytes(payload[:2], "big")
+    finally:
+        writer.close()

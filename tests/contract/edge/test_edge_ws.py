@@ -32,7 +32,7 @@ from tests.harness.edge import (
     submit_ok,
 )
 from tests.harness.proc import wait_until
-from tests.harness.ws import connect, frame_of_size, small_rcvbuf
+from tests.harness.ws import connect, fragmented_message_close, frame_of_size, small_rcvbuf
 
 # --- handshake ----------------------------------------------------------------------------------
 
@@ -211,6 +211,11 @@ async def test_frame_over_256_kib_closes_1009(stack: EdgeStack, agent: str, comp
     async with edge_socket(stack.gateway.ws, agent, compress=compress) as ws:
         await ws.send_raw(frame_of_size("status", 256 * 1024 + 1))
         assert (await ws.expect_close())[0] == 1009
+
+
+async def test_a_message_over_256_kib_in_fragments_closes_1009(stack: EdgeStack, agent: str) -> None:
+    url = f"{stack.gateway.ws}/edge/ws?edge_agent_id={agent}"
+    assert await fragmented_message_close(url, edge_headers(agent), [200 * 1024, 100 * 1024]) == 1009
 
 
 async def test_idle_socket_closed_1001(stack: EdgeStack, agent: str) -> None:

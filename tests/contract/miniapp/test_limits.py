@@ -10,9 +10,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from tests.harness.bus import request
-from tests.harness.miniapp import CAP, join, make_token, new_session, new_user, open_socket
+from tests.harness.miniapp import CAP, join, make_token, new_session, new_user, open_socket, socket_url
 from tests.harness.proc import Service
-from tests.harness.ws import Socket, frame_of_size
+from tests.harness.ws import Socket, fragmented_message_close, frame_of_size
 
 KIB = 1024
 
@@ -39,6 +39,11 @@ async def test_frame_over_64_kib_closes_1009(
     assert (await browser.expect_close())[0] == 1009
     await other.expect("presence", event="left")
     assert not [f for f in other.frames if f["type"] == "state_update"]
+
+
+async def test_a_message_over_64_kib_in_fragments_closes_1009(replicas: tuple[Service, Service]) -> None:
+    url = socket_url(replicas[0], new_session(), make_token(new_user()))
+    assert await fragmented_message_close(url, {}, [40 * KIB, 30 * KIB]) == 1009
 
 
 async def test_state_over_256_kib_is_state_too_large_and_leaves_the_state_unchanged(
