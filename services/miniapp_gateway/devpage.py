@@ -10,6 +10,7 @@ production) and never routed by the production ingress, which carries only the s
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from shared.protocol.subjects import is_token
 from shared.supabase import mint_dev_token
 
 from .config import MiniAppSettings
+
+log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parents[2] / "web"
 PAGE = WEB / "miniapp-dev" / "index.html"
@@ -35,6 +38,10 @@ USER_ID = re.compile(USER_ID_PATTERN)
 
 
 def add_dev_routes(app: web.Application, settings: MiniAppSettings) -> None:
+    if not all(path.is_file() for path in (PAGE, *ASSETS.values())):
+        # An installed package (the container image) carries no web/: there is no page to serve.
+        log.warning("dev page asked for, but %s is not in this install: not served", WEB)
+        return
     app[SETTINGS] = settings
     app.router.add_get("/dev/miniapp/{session_id}", page)
     app.router.add_get("/dev/assets/{name}", asset)
