@@ -41,7 +41,8 @@ ANSWER_WAIT_S = 5.0
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396 JSON Merge Patch."""
+    """RFC 7396 JSON Merge Patch, written again on purpose: each member's copy of the state is the
+    soak's own, so a fault in the gateway's merge cannot agree with itself here."""
     if not isinstance(patch, dict):
         return patch
     result = dict(target) if isinstance(target, dict) else {}

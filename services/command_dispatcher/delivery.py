@@ -53,9 +53,14 @@ class Delivery:
         listening at all means the gateway holding the socket died: the agent is marked offline.
         """
         assert record.sent_to is not None
+        link = self.view.link(record.edge_agent_id)
+        if link is None or link.connection_id != record.sent_to or not link.gateway_id:
+            # That socket is gone or replaced already: the new one pulls it, or its timer resends it.
+            self.metrics.deliveries("stale").inc()
+            return
         body = deliver_request(record.sent_to, codec.encode("command", command_data(record)))
         try:
-            await request(self.nc, subjects.deliver(record.edge_agent_id), body, self.deliver_timeout_s)
+            await request(self.nc, subjects.deliver(link.gateway_id), body, self.deliver_timeout_s)
         except IkiroError as err:
             self.metrics.deliveries("failed").inc()
             log.info(
@@ -93,12 +98,16 @@ class Delivery:
                 return None
             return found
 
-        if current() is None:
+        before = current()
+        if before is None:
             return
         await asyncio.sleep(OFFLINE_RECHECK_S)
         try:
             await request(
-                self.nc, subjects.deliver(edge_agent_id), deliver_request(connection_id), PROBE_TIMEOUT_S
+                self.nc,
+                subjects.deliver(before[0].gateway_id or ""),
+                deliver_request(connection_id),
+                PROBE_TIMEOUT_S,
             )
             return  # it answers: still there
         except NoResponders:

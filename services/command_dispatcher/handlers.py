@@ -151,10 +151,13 @@ class Handlers:
         sync = self.view.sync.get(agent)
         online = False
         last_seen = None
-        if presence is not None and presence.online and presence.connection_id:
+        if presence is not None and presence.online and presence.connection_id and presence.gateway_id:
             try:
                 reply = await request(
-                    self.nc, subjects.deliver(agent), deliver_request(presence.connection_id), PROBE_TIMEOUT_S
+                    self.nc,
+                    subjects.deliver(presence.gateway_id),
+                    deliver_request(presence.connection_id),
+                    PROBE_TIMEOUT_S,
                 )
                 online = True
                 last_seen = reply.get("last_seen")

@@ -37,6 +37,7 @@ class Link:
 
     connection_id: str
     since: float  # when that socket connected (unix time)
+    gateway_id: str = ""  # the gateway replica holding it
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,7 @@ class View:
         if not presence.online or presence.connection_id is None:
             return None
         since = presence.connected_at.timestamp() if presence.connected_at else 0.0
-        return Link(presence.connection_id, since)
+        return Link(presence.connection_id, since, presence.gateway_id or "")
 
     def _on_agent(self, entry: Entry) -> None:
         kind, _, edge_agent_id = entry.key.partition(".")

@@ -6,11 +6,8 @@ import asyncio
 import uuid
 
 from aiohttp import web
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from shared.protocol import codec
-from shared.protocol.agents import parse_deliver_request
 from shared.protocol.errors import NotFound, error_body
 from shared.runtime.ratelimit import TokenBucket, WindowCounter
 from shared.runtime.socket import Outbox, ServerSocket
@@ -40,7 +37,6 @@ class EdgeConnection(ServerSocket):
         "last_seen",
         "newest_epoch_seen",
         "status_limit",
-        "subscription",
     )
     metrics: EdgeGatewayMetrics
     # Acks the agent sent before it saw our close (a drain's 1012, say) are still applied.
@@ -62,7 +58,6 @@ class EdgeConnection(ServerSocket):
         self.epoch = 0  # the revision of its presence claim, once written
         self.newest_epoch_seen = 0  # highest epoch another socket of this agent announced
         self.connected_at = self.last_seen = codec.utcnow()
-        self.subscription: Subscription | None = None
         self.bad_frames = WindowCounter(max_bad_frames, BAD_FRAME_WINDOW_S)
         self.acks_in_flight = 0
         self.status_limit: TokenBucket | None = None  # made at the first status frame
@@ -90,19 +85,13 @@ class EdgeConnection(ServerSocket):
         self.newest_epoch_seen = max(self.newest_epoch_seen, epoch)
         return 0 < self.epoch < self.newest_epoch_seen
 
-    async def on_deliver(self, msg: Msg) -> None:
-        """A dispatcher's request on `edge.deliver.<id>`: push the command frame, or answer a probe."""
-        connection_id, frame = parse_deliver_request(msg.data)
-        if connection_id != self.connection_id:
-            # Meant for a newer (or older) socket of this agent: stay silent, let that one answer.
-            return
+    def deliver(self, frame: bytes) -> bytes:
+        """A dispatcher's delivery: push the command frame (or, with none, answer that this socket
+        is here); the reply."""
         if not frame:
-            reply = codec.dumps({"ok": True, "last_seen": codec.iso(self.last_seen)})
-        elif self.send("command", frame):
-            reply = OK
+            return codec.dumps({"ok": True, "last_seen": codec.iso(self.last_seen)})
+        if self.send("command", frame):
             self.metrics.deliveries("pushed").inc()
-        else:
-            reply = codec.dumps({"ok": False, "error": error_body(NotFound("socket closed"))})
-            self.metrics.deliveries("closed").inc()
-        if msg.reply:
-            await msg.respond(reply)
+            return OK
+        self.metrics.deliveries("closed").inc()
+        return codec.dumps({"ok": False, "error": error_body(NotFound("socket closed"))})

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 
 import nats.errors
 from aiohttp import web
@@ -17,8 +18,8 @@ from pydantic import ValidationError
 from shared.broker.connection import NATS_ERRORS, on_reconnect
 from shared.broker.streams import ensure_edge_gateway
 from shared.protocol import codec, subjects
-from shared.protocol.agents import PRESENCE_EVENT
-from shared.protocol.errors import CloseCode, IkiroError
+from shared.protocol.agents import PRESENCE_EVENT, parse_deliver_request
+from shared.protocol.errors import CloseCode, IkiroError, NotFound, error_body
 from shared.runtime.ratelimit import KeyedWindowLimiter
 from shared.runtime.service import new_task_owner
 
@@ -30,9 +31,10 @@ from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
-# Bounds on what NATS may buffer for one socket before the dispatcher's request times out.
-DELIVER_PENDING_MSGS = 256
-DELIVER_PENDING_BYTES = 4 * 1024 * 1024
+# Bounds on what NATS may buffer for this replica's deliveries before a dispatcher's request times out.
+DELIVER_PENDING_MSGS = 100_000
+DELIVER_PENDING_BYTES = 256 * 1024 * 1024
+NOT_HERE = codec.dumps({"ok": False, "error": error_body(NotFound("no such connection on this gateway"))})
 PULL_RETRY_MAX_S = 5.0
 REASSERT_AT_ONCE = 64
 CLAIM_RETRIES_S = (0.2, 0.5, 1.0)
@@ -46,16 +48,27 @@ class Gateway:
         self.metrics = metrics
         self.tasks = new_task_owner(metrics)
         self.sync_limiter = KeyedWindowLimiter(settings.sync_rate_per_min)
+        self.gateway_id = uuid.uuid4().hex  # names this replica's delivery subject
         self.sockets: dict[str, EdgeConnection] = {}  # the live socket of each agent on this replica
+        self.connections: dict[str, EdgeConnection] = {}  # every open socket, by connection id
         self.open_connections: set[EdgeConnection] = set()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self._presence_sub: Subscription | None = None
+        self._deliver_sub: Subscription | None = None
         self.upstream: Upstream
 
     async def start(self) -> None:
         agents = await ensure_edge_gateway(self.nc.jetstream(), self.settings.jetstream_replicas)
-        self.upstream = Upstream(self.nc, agents, self.tasks, self.settings.upstream_timeout_s)
+        self.upstream = Upstream(
+            self.nc, agents, self.tasks, self.settings.upstream_timeout_s, self.gateway_id
+        )
+        self._deliver_sub = await self.nc.subscribe(
+            subjects.deliver(self.gateway_id),
+            cb=self._on_deliver,
+            pending_msgs_limit=DELIVER_PENDING_MSGS,
+            pending_bytes_limit=DELIVER_PENDING_BYTES,
+        )
         self._presence_sub = await self.nc.subscribe(subjects.PRESENCE_ALL, cb=self._on_presence)
         on_reconnect(self.nc, self._reassert_presence)
 
@@ -69,10 +82,11 @@ class Gateway:
                 await self.upstream.acks_settled()  # the last acks read go out before NATS drains
 
     async def stop(self) -> None:
-        if self._presence_sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._presence_sub.unsubscribe()
-            self._presence_sub = None
+        for sub in (self._presence_sub, self._deliver_sub):
+            if sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        self._presence_sub = self._deliver_sub = None
         await self.tasks.close()
 
     async def serve(self, conn: EdgeConnection) -> None:
@@ -119,13 +133,8 @@ class Gateway:
         self.metrics.sockets_open.set(len(self.open_connections))
         if older is not None:
             older.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
-        # Subscribe before claiming: a dispatcher that sees the claim can deliver at once.
-        conn.subscription = await self.nc.subscribe(
-            subjects.deliver(conn.edge_agent_id),
-            cb=conn.on_deliver,
-            pending_msgs_limit=DELIVER_PENDING_MSGS,
-            pending_bytes_limit=DELIVER_PENDING_BYTES,
-        )
+        # Reachable before the claim: a dispatcher that sees the claim can deliver at once.
+        self.connections[conn.connection_id] = conn
         for delay_s in CLAIM_RETRIES_S:  # a JetStream leader election takes a moment
             try:
                 conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
@@ -139,9 +148,7 @@ class Gateway:
 
     async def close(self, conn: EdgeConnection) -> None:
         """Forget `conn`; report the agent offline only if no newer socket took over."""
-        if conn.subscription is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await conn.subscription.unsubscribe()
+        self.connections.pop(conn.connection_id, None)
         if self.sockets.get(conn.edge_agent_id) is conn:
             del self.sockets[conn.edge_agent_id]
         self.open_connections.discard(conn)
@@ -176,6 +183,14 @@ class Gateway:
                 if not conn.send("command", codec.encode("command", command)):
                     return
             return
+
+    async def _on_deliver(self, msg: Msg) -> None:
+        """A dispatcher's delivery to one of this replica's sockets (or a probe of it)."""
+        connection_id, frame = parse_deliver_request(msg.data)
+        conn = self.connections.get(connection_id)
+        reply = conn.deliver(frame) if conn is not None else NOT_HERE
+        if msg.reply:
+            await msg.respond(reply)
 
     async def _reassert_presence(self) -> None:
         """Back on NATS: put every socket of this gateway back online, or close it if replaced."""

@@ -39,12 +39,13 @@ ACK_RETRY_MAX_S = 5.0
 
 
 class Upstream:
-    def __init__(self, nc: NATS, agents: Bucket, owner: TaskOwner, timeout_s: float) -> None:
+    def __init__(self, nc: NATS, agents: Bucket, owner: TaskOwner, timeout_s: float, gateway_id: str) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.agents = agents
         self.owner = owner
         self.timeout_s = timeout_s
+        self.gateway_id = gateway_id  # written into each presence claim: where deliveries go
         self._lanes: list[list[tuple[EdgeConnection, AgentAck]]] = [[] for _ in range(ACK_LANES)]
         self._busy: set[int] = set()  # lanes with a batch on its way
         self._acks_settled = asyncio.Event()  # no ack waits in any lane
@@ -143,7 +144,11 @@ class Upstream:
         """Make `connection_id` the agent's live socket; returns its epoch (higher = newer)."""
         now = codec.utcnow()
         record = AgentPresence(
-            edge_agent_id=edge_agent_id, online=True, connection_id=connection_id, connected_at=now
+            edge_agent_id=edge_agent_id,
+            online=True,
+            connection_id=connection_id,
+            connected_at=now,
+            gateway_id=self.gateway_id,
         )
         epoch = await self.agents.put(subjects.agent_key("presence", edge_agent_id), codec.dumps(record))
         await self._announce(edge_agent_id, "connected", connection_id, epoch)
@@ -164,6 +169,7 @@ class Upstream:
             online=True,
             connection_id=conn.connection_id,
             connected_at=conn.connected_at,
+            gateway_id=self.gateway_id,
         )
         try:
             return await self.agents.write(key, codec.dumps(back), found[1] if found else 0)
@@ -180,6 +186,7 @@ class Upstream:
             connection_id=connection_id,
             connected_at=connected_at,
             disconnected_at=codec.utcnow(),
+            gateway_id=self.gateway_id,
         )
         try:
             await self.agents.write(subjects.agent_key("presence", edge_agent_id), codec.dumps(record), epoch)

@@ -23,6 +23,7 @@ class AgentPresence(BaseModel):
     connection_id: str | None
     connected_at: datetime | None = None
     disconnected_at: datetime | None = None
+    gateway_id: str | None = None  # the replica holding the socket: deliveries go to its subject
 
 
 class AgentStatus(BaseModel):
@@ -54,9 +55,9 @@ PRESENCE_EVENT = TypeAdapter(PresenceEvent)
 
 
 def deliver_request(connection_id: str, frame: bytes = b"") -> bytes:
-    """A dispatcher's request on `edge.deliver.<id>` to the gateway holding the agent's socket: the
-    connection it is for, a newline, and the frame to write as it is (none: only asking whether
-    that connection is still there). The gateway writes the frame without parsing it."""
+    """A dispatcher's request on `edge.deliver.<gateway_id>` to the gateway holding the agent's
+    socket: the connection it is for, a newline, and the frame to write as it is (none: only asking
+    whether that connection is still there). The gateway writes the frame without parsing it."""
     return connection_id.encode() + b"\n" + frame
 
 

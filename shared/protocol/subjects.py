@@ -55,9 +55,10 @@ def events(edge_agent_id: str) -> str:
     return f"edge.events.{edge_agent_id}"
 
 
-def deliver(edge_agent_id: str) -> str:
-    """Core request subject answered only by the gateway replica holding the agent's socket."""
-    return f"edge.deliver.{edge_agent_id}"
+def deliver(gateway_id: str) -> str:
+    """Core request subject of one edge gateway replica: deliveries to the sockets it holds. One
+    subscription per replica, not per socket (a nats-py subscription costs about 5 KB and a task)."""
+    return f"edge.deliver.{gateway_id}"
 
 
 # --- Edge: JetStream ---

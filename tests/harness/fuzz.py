@@ -1,16 +1,21 @@
-"""Generated input for the fuzz tests: frames, bodies and ids of every shape a client could send.
+"""Generated input for the fuzz tests: frames, bodies and ids of every shape a client could send,
+and the calm client that shows the fuzzed service still serves everyone else.
 
-Hypothesis strategies only; the tests decide what each surface must answer. The default profile is
-derandomized so a run is repeatable; `HYPOTHESIS_PROFILE=explore` searches wider.
+The tests decide what each surface must answer. The default profile is derandomized so a run is
+repeatable; `HYPOTHESIS_PROFILE=explore` searches wider.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from tests.harness.ws import Socket
 
 settings.register_profile(
     "default",
@@ -118,3 +123,26 @@ def bodies() -> st.SearchStrategy[bytes]:
         objects.map(lambda v: json.dumps(v).encode()),
         st.binary(max_size=128),
     )
+
+
+class Calm:
+    """A well-behaved client on the fuzzed service: its ping must stay as quick as before."""
+
+    def __init__(self, socket: Socket, baseline_s: float) -> None:
+        self.socket = socket
+        self.bound_s = max(10 * baseline_s, 0.25)
+
+    @classmethod
+    async def measured(cls, socket: Socket) -> Calm:
+        """Its usual round trip: the median of ten pings before any fuzzing."""
+        rtts = []
+        for _ in range(10):
+            started = time.monotonic()
+            await socket.ping_pong()
+            rtts.append(time.monotonic() - started)
+        return cls(socket, statistics.median(rtts))
+
+    async def check(self) -> None:
+        started = time.monotonic()
+        await self.socket.ping_pong()
+        assert time.monotonic() - started <= self.bound_s

@@ -36,6 +36,27 @@ def replica_env(nats_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+class Replicas:
+    """MiniApp replicas as processes, each with the suite's settings and these changes (`NAME=None`
+    leaves a setting unset); `stop` stops every one started."""
+
+    def __init__(self, nats_url: str, log_dir: Path) -> None:
+        self.nats_url = nats_url
+        self.log_dir = log_dir
+        self.started: list[Service] = []
+
+    async def start(self, **env: str | None) -> Service:
+        settings = {k: v for k, v in {**replica_env(self.nats_url), **env}.items() if v is not None}
+        replica = Service("services.miniapp_gateway", settings, self.log_dir)
+        self.started.append(replica)
+        replica.start()
+        return await replica.ready()
+
+    def stop(self) -> None:
+        for replica in self.started:
+            replica.stop()
+
+
 def new_session() -> str:
     return f"cs-{uuid.uuid4().hex[:16]}"
 

@@ -6,8 +6,6 @@ the same gateway keeps its latency."""
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +20,7 @@ from nats.aio.msg import Msg
 from tests.harness import fuzz
 from tests.harness.bus import request
 from tests.harness.edge import EdgeStack, edge_headers, edge_socket, make_token, raw_upgrade, sync
+from tests.harness.fuzz import Calm
 from tests.harness.ws import Socket
 
 MAX_FRAME = 256 * 1024
@@ -40,28 +39,10 @@ API = [
 ]
 
 
-class Calm:
-    """A well-behaved agent on the fuzzed gateway, pinging between examples."""
-
-    def __init__(self, socket: Socket, baseline_s: float) -> None:
-        self.socket = socket
-        self.bound_s = max(10 * baseline_s, 0.25)
-
-    async def check(self) -> None:
-        started = time.monotonic()
-        await self.socket.ping_pong()
-        assert time.monotonic() - started <= self.bound_s
-
-
 @pytest.fixture(scope="module")
 async def calm(stack: EdgeStack) -> AsyncIterator[Calm]:
     async with edge_socket(stack.gateway.ws, f"calm-{uuid.uuid4().hex[:8]}") as socket:
-        rtts = []
-        for _ in range(10):
-            started = time.monotonic()
-            await socket.ping_pong()
-            rtts.append(time.monotonic() - started)
-        yield Calm(socket, statistics.median(rtts))
+        yield await Calm.measured(socket)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.miniapp import replica_env
+from tests.harness.miniapp import Replicas, replica_env
 from tests.harness.proc import NatsServer, Service
 
 StartReplica = Callable[..., Awaitable[Service]]
@@ -32,15 +32,6 @@ async def replicas(broker: NatsServer, logs: Path) -> AsyncIterator[tuple[Servic
 @pytest.fixture
 async def start_replica(broker: NatsServer, logs: Path) -> AsyncIterator[StartReplica]:
     """A further replica for one test (`NAME=None` leaves a setting unset); stopped afterwards."""
-    started: list[Service] = []
-
-    async def start(**env: str | None) -> Service:
-        settings = {k: v for k, v in {**replica_env(broker.url), **env}.items() if v is not None}
-        replica = Service("services.miniapp_gateway", settings, logs)
-        started.append(replica)
-        replica.start()
-        return await replica.ready()
-
-    yield start
-    for replica in started:
-        replica.stop()
+    further = Replicas(broker.url, logs)
+    yield further.start
+    further.stop()

@@ -5,8 +5,6 @@ never logs a traceback for it, and a well-behaved member on the same replica kee
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -20,9 +18,10 @@ from nats.aio.msg import Msg
 
 from tests.harness import fuzz
 from tests.harness.bus import request
+from tests.harness.fuzz import Calm
 from tests.harness.miniapp import join, make_token, new_session, new_user, open_socket
 from tests.harness.proc import Service
-from tests.harness.ws import Socket, connect
+from tests.harness.ws import connect
 
 MAX_FRAME = 64 * 1024
 FRAMES = fuzz.frames(
@@ -38,29 +37,11 @@ FRAMES = fuzz.frames(
 API = ["miniapp.sessions.state_update", "miniapp.sessions.get", "miniapp.sessions.configure"]
 
 
-class Calm:
-    """A well-behaved member on the fuzzed replica, pinging between examples."""
-
-    def __init__(self, socket: Socket, baseline_s: float) -> None:
-        self.socket = socket
-        self.bound_s = max(10 * baseline_s, 0.25)
-
-    async def check(self) -> None:
-        started = time.monotonic()
-        await self.socket.ping_pong()
-        assert time.monotonic() - started <= self.bound_s
-
-
 @pytest.fixture(scope="module")
 async def calm(replicas: tuple[Service, Service]) -> AsyncIterator[Calm]:
     async with aiohttp.ClientSession() as http:
         socket, _ = await join(http, replicas[0], new_session())
-        rtts = []
-        for _ in range(10):
-            started = time.monotonic()
-            await socket.ping_pong()
-            rtts.append(time.monotonic() - started)
-        yield Calm(socket, statistics.median(rtts))
+        yield await Calm.measured(socket)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness.miniapp import new_session, open_socket, replica_env
+from tests.harness.miniapp import Replicas, new_session, open_socket, replica_env
 from tests.harness.proc import NatsServer, Service, run_to_exit
 
 DEV_PATHS = ("/dev/miniapp/{session}", "/dev/assets/miniapp-client.js", "/dev/token?user_id=someone")
@@ -18,17 +18,9 @@ Start = Callable[..., Awaitable[Service]]  # a replica process with these settin
 
 @pytest.fixture
 async def replica_with(broker: NatsServer, logs: Path) -> AsyncIterator[Start]:
-    started: list[Service] = []
-
-    async def start(**env: str) -> Service:
-        replica = Service("services.miniapp_gateway", replica_env(broker.url, **env), logs)
-        started.append(replica)
-        replica.start()
-        return await replica.ready()
-
-    yield start
-    for replica in started:
-        replica.stop()
+    replicas = Replicas(broker.url, logs)
+    yield replicas.start
+    replicas.stop()
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str, str]:
