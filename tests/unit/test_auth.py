@@ -46,3 +46,25 @@ def test_tampered_timestamp_breaks_the_signature() -> None:
 )
 def test_bearer_header_parsing(header: str | None, token: str | None) -> None:
     assert bearer(header) == token
+
+
+def test_the_secret_and_the_signature_are_only_compared_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def constant_time(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    # Every comparison that goes through hmac.compare_digest is recorded; one made with `==` (a
+    # timing oracle) would not be, and the assertions below would fail.
+    monkeypatch.setattr(hmac, "compare_digest", constant_time)
+    verify_edge_token(SECRET, "a", [SECRET], 60, allow_legacy=True, now=NOW)
+    assert (SECRET.encode(), SECRET.encode()) in compared
+    compared.clear()
+    token = generate_edge_token("a", "+1", SECRET, now=NOW)
+    signature = base64.b64decode(token).decode().rsplit(":", 1)[1].encode()
+    verify_edge_token(token, "a", [SECRET], 60, allow_legacy=False, now=NOW)
+    assert (signature, signature) in compared
