@@ -51,7 +51,6 @@ class Gateway:
         self.gateway_id = uuid.uuid4().hex  # names this replica's delivery subject
         self.sockets: dict[str, EdgeConnection] = {}  # the live socket of each agent on this replica
         self.connections: dict[str, EdgeConnection] = {}  # every open socket, by connection id
-        self.open_connections: set[EdgeConnection] = set()
         self.all_closed = asyncio.Event()
         self.all_closed.set()
         self._presence_sub: Subscription | None = None
@@ -74,7 +73,7 @@ class Gateway:
 
     async def drain(self) -> None:
         """Close every socket with 1012 so agents reconnect at once elsewhere; wait for cleanup."""
-        for conn in list(self.open_connections):
+        for conn in list(self.connections.values()):
             conn.close_soon(CloseCode.SERVICE_RESTART, "service restart")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.shutdown_grace_s / 2):
@@ -128,13 +127,12 @@ class Gateway:
         """Make `conn` the agent's live socket here and everywhere, then announce it."""
         older = self.sockets.get(conn.edge_agent_id)
         self.sockets[conn.edge_agent_id] = conn
-        self.open_connections.add(conn)
-        self.all_closed.clear()
-        self.metrics.sockets_open.set(len(self.open_connections))
-        if older is not None:
-            older.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
         # Reachable before the claim: a dispatcher that sees the claim can deliver at once.
         self.connections[conn.connection_id] = conn
+        self.all_closed.clear()
+        self.metrics.sockets_open.set(len(self.connections))
+        if older is not None:
+            older.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
         for delay_s in CLAIM_RETRIES_S:  # a JetStream leader election takes a moment
             try:
                 conn.epoch = await self.upstream.claim(conn.edge_agent_id, conn.connection_id)
@@ -151,8 +149,7 @@ class Gateway:
         self.connections.pop(conn.connection_id, None)
         if self.sockets.get(conn.edge_agent_id) is conn:
             del self.sockets[conn.edge_agent_id]
-        self.open_connections.discard(conn)
-        self.metrics.sockets_open.set(len(self.open_connections))
+        self.metrics.sockets_open.set(len(self.connections))
         try:
             if conn.epoch:
                 await self.upstream.release(
@@ -161,7 +158,7 @@ class Gateway:
         except (IkiroError, nats.errors.Error) as err:
             log.warning("presence not released: %s", err, extra={"edge_agent_id": conn.edge_agent_id})
         finally:
-            if not self.open_connections:
+            if not self.connections:
                 self.all_closed.set()
 
     async def push_pending(self, conn: EdgeConnection) -> None:

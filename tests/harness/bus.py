@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -24,6 +26,14 @@ async def request(nc: NATS, subject: str, body: Any, timeout: float = 5.0) -> Js
 def assert_ok(reply: JsonObj) -> JsonObj:
     assert reply.get("ok") is True, reply
     return reply
+
+
+def assert_answered(reply: JsonObj) -> None:
+    """A reply of the convention (DESIGN section 4): `ok`, or exactly `{"ok": false, "error":
+    {"code", "message"}}` with both non-empty."""
+    assert isinstance(reply.get("ok"), bool), reply
+    if not reply["ok"]:
+        assert set(reply) == {"ok", "error"} and reply["error"]["code"] and reply["error"]["message"], reply
 
 
 def assert_error(reply: JsonObj, code: str) -> JsonObj:
@@ -81,3 +91,19 @@ async def subscribe(nc: NATS, subject: str) -> Subscription:
     sub.sub = await nc.subscribe(subject, cb=sub._on_msg)
     await nc.flush()
     return sub
+
+
+@contextlib.asynccontextmanager
+async def every_subject(nc: NATS) -> AsyncIterator[list[str]]:
+    """The subjects of everything published on the broker inside the block, in order."""
+    seen: list[str] = []
+
+    async def note(msg: Msg) -> None:
+        seen.append(msg.subject)
+
+    sub = await nc.subscribe(">", cb=note)
+    try:
+        yield seen
+    finally:
+        await nc.flush()
+        await sub.unsubscribe()

@@ -31,7 +31,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# Ids that would change a NATS subject if used as a token, or are not ids at all.
+# Ids that would change a NATS subject if used as a token, or are not ids at all (each says "evil"
+# where it can, so a subject that took one in is easy to spot).
 EVIL_IDS = ["evil.x", "evil*", "evil>", "evil x", "", "e" * 129, "evïl", "evil\n", "evil/x", ".", ">"]
 
 JSON_SCALARS = (
@@ -123,6 +124,11 @@ def bodies() -> st.SearchStrategy[bytes]:
         objects.map(lambda v: json.dumps(v).encode()),
         st.binary(max_size=128),
     )
+
+
+def leaked(subjects: list[str]) -> list[str]:
+    """The subjects an evil id made its way into (or left with an empty token)."""
+    return [s for s in subjects if "evil" in s or s.endswith(".") or ".." in s]
 
 
 class Calm:
