@@ -106,9 +106,14 @@ async def test_sync_commands_follow_redelivery_rules(
     await wait_until(handed_out_twice, ACK_TIMEOUT_S * 4 + 3, interval=0.1)
     # Handed out, then nothing while it waits for its ack, then again once the ack timeout passed.
     assert len(replies) > 2 and replies[0] == replies[-1] == [cid] and not any(replies[1:-1]), replies
-    sent = [e for e in lifecycle.seen if e["state"] == "sent"]
-    assert [e["attempt"] for e in sent] == [1, 2]
-    first, second = (datetime.fromisoformat(e["at"].replace("Z", "+00:00")) for e in sent)
+
+    def sent() -> list[dict[str, Any]]:
+        return [e for e in lifecycle.seen if e["state"] == "sent"]
+
+    # The events travel on NATS, the reply over HTTP: the second `sent` may land a moment after it.
+    await wait_until(lambda: len(sent()) >= 2, 5, what="two sent events")
+    assert [e["attempt"] for e in sent()] == [1, 2]
+    first, second = (datetime.fromisoformat(e["at"].replace("Z", "+00:00")) for e in sent())
     assert (second - first).total_seconds() >= ACK_TIMEOUT_S * 0.9
 
 
