@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import nats.errors
 from aiohttp import web
@@ -46,6 +48,7 @@ class Dispatcher:
         self.view: View
         self.timers: Timers
         self.handlers: Handlers
+        self.delivery: Delivery
         self.membership: Membership
 
     async def start(self) -> None:
@@ -53,22 +56,19 @@ class Dispatcher:
         timing = self.settings.timing
         self.view = View(edge.commands, edge.agents, self._record_changed, self._link_changed)
         store = CommandStore(self.nc, edge.commands, self.view, self.metrics)
-        delivery = Delivery(
-            self.nc, store, self.view, edge.agents, timing, self.metrics, self.settings.deliver_timeout_s
-        )
+
+        def spawn(work: Coroutine[Any, Any, None]) -> None:
+            self.tasks.spawn(work, "after_reply")
+
+        self.delivery = Delivery(self.nc, store, self.view, edge.agents, timing, self.metrics, spawn)
         self.membership = Membership(edge.dispatchers, self.tasks)
-        self.timers = Timers(self.view, store, delivery, self.membership, timing)
+        self.timers = Timers(self.view, store, self.delivery, self.membership, timing)
         self.handlers = Handlers(
-            self.nc,
-            store,
-            self.view,
-            delivery,
-            self.metrics,
-            self.settings.max_queued_per_agent,
-            lambda work: self.tasks.spawn(work, "after_reply"),
+            self.nc, store, self.view, self.delivery, self.metrics, self.settings.max_queued_per_agent, spawn
         )
         await self.membership.start()
         await self.view.start()  # every unfinished command and agent, before answering anything
+        await self.delivery.start()
         self.subs = await serve_requests(
             self.nc, self.handlers.routes(), subjects.DISPATCHER_QUEUE_GROUP, self.requests, log
         )
@@ -134,6 +134,7 @@ class Dispatcher:
         await self.requests.close()
         if hasattr(self, "view"):
             await self.view.stop()
+            await self.delivery.stop()
             await self.membership.release()
 
 

@@ -21,7 +21,6 @@ class DispatcherSettings(ServiceSettings):
     # The stored-ack consumer's ack wait: acks held by a replica that died are applied by another
     # after this long.
     failover_s: float = Field(default=1.0, gt=0)
-    deliver_timeout_s: float = Field(default=5.0, gt=0)
 
     @property
     def timing(self) -> Timing:

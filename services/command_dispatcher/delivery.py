@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-from shared.broker.connection import request
+from shared.broker.connection import NATS_ERRORS, NO_RESPONDERS, STATUS, request
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
 from shared.protocol.agents import AgentPresence, deliver_request
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 1.0
 OFFLINE_RECHECK_S = 1.0
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Delivery:
@@ -36,7 +41,7 @@ class Delivery:
         agents: Bucket,
         timing: Timing,
         metrics: DispatcherMetrics,
-        deliver_timeout_s: float,
+        spawn: Spawn,
     ) -> None:
         self.nc = nc
         self.store = store
@@ -44,13 +49,26 @@ class Delivery:
         self.agents = agents
         self.timing = timing
         self.metrics = metrics
-        self.deliver_timeout_s = deliver_timeout_s
+        self.spawn = spawn  # runs work that must not hold up the failure subscription (an offline mark)
+        self._failures = nc.new_inbox()  # where gateways answer a delivery that failed
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self._failures}.*.*.*", cb=self._on_failure)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._sub.unsubscribe()
 
     async def push(self, record: Record) -> None:
         """Hand a record just marked sent to the socket it names.
 
-        A failure leaves it `sent`: its ack timeout sends it again, a reconnect at once. Nobody
-        listening at all means the gateway holding the socket died: the agent is marked offline.
+        Only a failure is answered (the gateway has no such socket, or nobody listens at all), on
+        a subject naming the agent, the socket and the command: a reply per delivery was a tenth
+        of the dispatcher's work. A failure leaves the command `sent`: its ack timeout sends it
+        again, a reconnect at once; nobody listening means the gateway holding the socket died,
+        and the agent is marked offline.
         """
         assert record.sent_to is not None
         link = self.view.link(record.edge_agent_id)
@@ -59,19 +77,32 @@ class Delivery:
             self.metrics.deliveries("stale").inc()
             return
         body = deliver_request(record.sent_to, codec.encode("command", command_data(record)))
+        reply = f"{self._failures}.{record.edge_agent_id}.{record.sent_to}.{record.command_id}"
         try:
-            await request(self.nc, subjects.deliver(link.gateway_id), body, self.deliver_timeout_s)
-        except IkiroError as err:
-            self.metrics.deliveries("failed").inc()
-            log.info(
-                "delivery failed: %s",
-                err.message,
-                extra={"command_id": record.command_id, "edge_agent_id": record.edge_agent_id},
-            )
-            if isinstance(err, NoResponders):
-                await self.mark_offline(record.edge_agent_id, record.sent_to)
+            await self.nc.publish(subjects.deliver(link.gateway_id), body, reply=reply)
+        except NATS_ERRORS as err:
+            self._failed(record.edge_agent_id, record.command_id, str(err))
             return
-        self.metrics.deliveries("delivered").inc()
+        self.metrics.deliveries("sent").inc()
+
+    async def _on_failure(self, msg: Msg) -> None:
+        edge_agent_id, connection_id, command_id = msg.subject[len(self._failures) + 1 :].split(".", 2)
+        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+            self._failed(edge_agent_id, command_id, "nobody answers for the socket")
+            self.spawn(self.mark_offline(edge_agent_id, connection_id))
+            return
+        try:
+            answer = codec.loads(msg.data)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and answer.get("ok"):
+            return  # a gateway of an earlier version confirms every delivery
+        error = answer.get("error") if isinstance(answer, dict) else None
+        self._failed(edge_agent_id, command_id, str(error.get("message")) if isinstance(error, dict) else "")
+
+    def _failed(self, edge_agent_id: str, command_id: str, why: str) -> None:
+        self.metrics.deliveries("failed").inc()
+        log.info("delivery failed: %s", why, extra={"command_id": command_id, "edge_agent_id": edge_agent_id})
 
     async def send(self, command_id: str) -> None:
         """Send (or send again) a due command over the agent's current socket."""

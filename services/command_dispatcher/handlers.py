@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -36,7 +35,7 @@ from shared.protocol.errors import (
     Unavailable,
 )
 
-from .delivery import PROBE_TIMEOUT_S, Delivery
+from .delivery import PROBE_TIMEOUT_S, Delivery, Spawn
 from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, new_record, same_content
 from .metrics import DispatcherMetrics
 from .records import Record, command_data
@@ -46,7 +45,6 @@ from .view import View
 log = logging.getLogger(__name__)
 
 TAKEN_READ_RETRIES_S = (0.05, 0.25, 1.0)
-Spawn = Callable[[Coroutine[Any, Any, None]], object]
 
 
 class Handlers:
@@ -210,8 +208,9 @@ class Handlers:
             outcomes.clear()
             record: Record | None = current
             moved = False
+            now = time.time()  # acks that arrived together are applied at one moment
             for item in acks:
-                new, outcome = apply_ack(record, item.edge_agent_id, item.ack, time.time())
+                new, outcome = apply_ack(record, item.edge_agent_id, item.ack, now)
                 outcomes.append(outcome)
                 if new is not None:
                     record, moved = new, True

@@ -52,7 +52,9 @@ class DispatcherMetrics(ServiceMetrics):
         self.deliveries = ByLabel(
             Counter(
                 "ikiro_command_deliveries_total",
-                "Delivery attempts to a gateway, by result.",
+                "Deliveries by result: sent (handed to the gateway holding the socket), failed (it"
+                " had no such socket, or nobody answered), stale (the socket was replaced before),"
+                " pulled (by a connect or sync poll).",
                 ["result"],
                 registry=r,
             )

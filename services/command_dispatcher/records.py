@@ -7,7 +7,7 @@ and writes several per command and a pydantic round trip per write was the large
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,7 +70,30 @@ class Record:
 
     def moved(self, state: CommandState, now: float, **changes: Any) -> Record:
         """A copy in `state`, its history extended."""
-        return replace(self, state=state, updated_at=now, history=[*self.history, (state, now)], **changes)
+        # Field by field: `dataclasses.replace` inspects the fields on every call, and every write
+        # of a record makes one of these.
+        copy = Record(
+            self.command_id,
+            self.edge_agent_id,
+            self.command_type,
+            self.payload,
+            self.priority,
+            self.ttl_s,
+            state,
+            self.attempts,
+            self.error,
+            self.created_at,
+            now,
+            self.expires_at,
+            [*self.history, (state, now)],
+            self.sent_at,
+            self.sent_to,
+            self.acked_at,
+            self.completed_at,
+        )
+        for name, value in changes.items():
+            setattr(copy, name, value)
+        return copy
 
     def public(self) -> dict[str, Any]:
         """The record as `edge.commands.get` answers it."""

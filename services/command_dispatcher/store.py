@@ -75,19 +75,20 @@ class CommandStore:
         # Creation, every send and the final state at INFO trace a command; the acks between, DEBUG.
         sent_again = old is not None and new.attempts > old.attempts
         level = logging.INFO if old is None or sent_again or new.state in TERMINAL else logging.DEBUG
-        log.log(
-            level,
-            "command %s",
-            new.state,
-            extra={
-                "command_id": new.command_id,
-                "edge_agent_id": new.edge_agent_id,
-                "command_type": new.command_type,
-                "previous_state": old.state if old else None,
-                "attempt": new.attempts,
-                "error": new.error,
-            },
-        )
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "command %s",
+                new.state,
+                extra={
+                    "command_id": new.command_id,
+                    "edge_agent_id": new.edge_agent_id,
+                    "command_type": new.command_type,
+                    "previous_state": old.state if old else None,
+                    "attempt": new.attempts,
+                    "error": new.error,
+                },
+            )
 
     def _observe(self, old: Record | None, new: Record) -> None:
         m = self.metrics

@@ -24,7 +24,7 @@ from shared.runtime.ratelimit import KeyedWindowLimiter
 from shared.runtime.service import new_task_owner
 
 from .config import EdgeGatewaySettings
-from .connection import EdgeConnection
+from .connection import OK, EdgeConnection
 from .handlers import handle_frame
 from .metrics import EdgeGatewayMetrics
 from .upstream import Upstream
@@ -182,11 +182,12 @@ class Gateway:
             return
 
     async def _on_deliver(self, msg: Msg) -> None:
-        """A dispatcher's delivery to one of this replica's sockets (or a probe of it)."""
+        """A dispatcher's delivery to one of this replica's sockets, answered only when it failed;
+        or a probe of a socket, always answered."""
         connection_id, frame = parse_deliver_request(msg.data)
         conn = self.connections.get(connection_id)
         reply = conn.deliver(frame) if conn is not None else NOT_HERE
-        if msg.reply:
+        if msg.reply and (reply is not OK or not frame):
             await msg.respond(reply)
 
     async def _reassert_presence(self) -> None:

@@ -55,9 +55,10 @@ PRESENCE_EVENT = TypeAdapter(PresenceEvent)
 
 
 def deliver_request(connection_id: str, frame: bytes = b"") -> bytes:
-    """A dispatcher's request on `edge.deliver.<gateway_id>` to the gateway holding the agent's
-    socket: the connection it is for, a newline, and the frame to write as it is (none: only asking
-    whether that connection is still there). The gateway writes the frame without parsing it."""
+    """A dispatcher's message on `edge.deliver.<gateway_id>` to the gateway holding the agent's
+    socket: the connection it is for, a newline, and the frame to write as it is. The gateway writes
+    the frame without parsing it, and answers only when it could not. With no frame it is a probe,
+    always answered: is that connection still there?"""
     return connection_id.encode() + b"\n" + frame
 
 

@@ -67,3 +67,27 @@ async def test_a_replica_whose_own_lease_expired_agrees_with_the_others_on_who_i
         for replica in replicas:
             await replica.stop()
         broker.stop()
+
+
+async def test_a_delivery_nobody_answers_marks_the_agent_offline(tmp_path: Path, agent: str) -> None:
+    # Deliveries are answered only when they fail; nobody listening at all is the gateway gone.
+    broker = NatsServer(tmp_path)
+    broker.start()
+    dispatcher = await apps.dispatcher(broker.url)
+    gateway = await apps.edge_gateway(broker.url)
+    nc = await nats.connect(broker.url)
+    try:
+        view = dispatcher.app[DISPATCHER].view
+        async with edge_socket(gateway.ws, agent, token=make_token(agent, secret=apps.EDGE_SECRET)):
+            await wait_until(lambda: view.link(agent) is not None, 5, what="the agent online")
+            # The gateway vanishes from NATS as if SIGKILLed: its presence claim still says online.
+            await gateway.nc.close()
+            await submit_ok(nc, agent)
+            await wait_until(lambda: view.link(agent) is None, 10, what="the agent marked offline")
+        metrics = dispatcher.app[DISPATCHER].metrics
+        assert metrics.deliveries("failed")._value.get() >= 1
+    finally:
+        await nc.close()
+        await gateway.stop()
+        await dispatcher.stop()
+        broker.stop()
