@@ -40,9 +40,11 @@ class CommandStore:
     async def create(self, record: Record) -> bool:
         """Store a new record durably; False when its id is taken already."""
         try:
-            revision = await self.bucket.write(record.command_id, RecordCodec.encode(record), 0)
+            revision = await self.bucket.write(record.command_id, self.encode(record), 0)
         except WrongRevision:
             return False
+        finally:
+            self.view.writing.pop(record.command_id, None)
         await self._changed(None, record, revision)
         return True
 
@@ -52,19 +54,32 @@ class CommandStore:
         def decide(current: Record | None) -> Record | None:
             return change(current) if current is not None else None
 
-        done = await compare_and_set(
-            self.bucket,
-            command_id,
-            RecordCodec,
-            decide,
-            cached=self.view.get(command_id),
-            on_conflict=self.metrics.write_conflicts.inc,
-        )
+        try:
+            done = await compare_and_set(
+                self.bucket,
+                command_id,
+                self,
+                decide,
+                cached=self.view.get(command_id),
+                on_conflict=self.metrics.write_conflicts.inc,
+            )
+        finally:
+            self.view.writing.pop(command_id, None)
         if done is None:
             return None
         new, old, revision = done
         await self._changed(old, new, revision)
         return new
+
+    # How records are read and written here: the `Codec` of `compare_and_set`.
+
+    decode = staticmethod(RecordCodec.decode)
+
+    def encode(self, record: Record) -> bytes:
+        """The record as stored, told to the view before it is written (`View.writing`)."""
+        data = RecordCodec.encode(record)
+        self.view.writing[record.command_id] = (data, record)
+        return data
 
     async def _changed(self, old: Record | None, new: Record, revision: int) -> None:
         self.view.learn(new, revision)

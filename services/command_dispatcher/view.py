@@ -25,6 +25,7 @@ from .records import Record, RecordCodec
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_S = 60.0
+FINISHED_REMEMBERED = 16_384
 
 
 class View:
@@ -40,6 +41,12 @@ class View:
         self.on_record = on_record  # an unfinished record changed (and which revision it is at)
         self.on_link = on_link  # an agent's socket changed
         self.records: dict[str, tuple[Record, int]] = {}  # unfinished commands, by id
+        # The last revision of commands that reached a final state here, oldest first (bounded): so
+        # the bucket's echo of a final write is recognised instead of decoded all over again.
+        self.finished: dict[str, int] = {}
+        # This replica's writes on their way, as stored: the bucket's echo of one often arrives
+        # before the write's own ack, and is then taken from here instead of decoded.
+        self.writing: dict[str, tuple[bytes, Record]] = {}
         self.by_agent: dict[str, set[str]] = {}  # unfinished command ids, by agent
         self.presence: dict[str, tuple[AgentPresence, int]] = {}
         self.status: dict[str, AgentStatus] = {}
@@ -77,13 +84,16 @@ class View:
         if known is not None and known[1] >= revision:
             return
         if record.state in TERMINAL:
-            self._forget(record)
+            self._forget(record, revision)
             return
         self.records[record.command_id] = (record, revision)
         self.by_agent.setdefault(record.edge_agent_id, set()).add(record.command_id)
         self.on_record(record, revision)
 
-    def _forget(self, record: Record) -> None:
+    def _forget(self, record: Record, revision: int) -> None:
+        if len(self.finished) >= FINISHED_REMEMBERED:
+            del self.finished[next(iter(self.finished))]
+        self.finished[record.command_id] = revision
         if self.records.pop(record.command_id, None) is None:
             return
         ids = self.by_agent.get(record.edge_agent_id)
@@ -96,9 +106,15 @@ class View:
         known = self.records.get(entry.key)
         if known is not None and known[1] >= entry.revision:
             return  # this replica wrote it, and learnt it already
+        if self.finished.get(entry.key, 0) >= entry.revision:
+            return  # its final write, learnt already
         if entry.value is None:  # gone with the bucket's retention
             if known is not None:
-                self._forget(known[0])
+                self._forget(known[0], entry.revision)
+            return
+        mine = self.writing.get(entry.key)
+        if mine is not None and mine[0] == entry.value:
+            self.learn(mine[1], entry.revision)
             return
         try:
             record = RecordCodec.decode(entry.value)
