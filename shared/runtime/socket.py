@@ -31,6 +31,9 @@ CLOSE_TIMEOUT_S = 2.0
 # A peer that has not read its backlog (and our close frame behind it) this long after the close
 # has its connection cut, or its buffers would be held until TCP gives up.
 ABORT_AFTER_S = 10.0
+# A frame this small written into an empty send buffer leaves it under any high-water mark (and under
+# aiohttp's limit for compressing in the loop): the write cannot wait for the peer.
+UNSTALLABLE_BYTES = 4096
 
 
 class SlowConsumer(Exception):
@@ -340,7 +343,10 @@ class ServerSocket:
                 kind, frame = item
                 self._sending = True
                 try:
-                    async with asyncio.timeout(self.write_timeout_s):
+                    if self._may_wait(frame):
+                        async with asyncio.timeout(self.write_timeout_s):
+                            await self.ws.send_frame(frame, WSMsgType.TEXT)
+                    else:  # a timeout would cost more than the write
                         await self.ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     self._sending = False
@@ -359,6 +365,12 @@ class ServerSocket:
             self._writer = None  # idle again (nothing was awaited since the queue was found empty)
             return
         await self._close()
+
+    def _may_wait(self, frame: bytes) -> bool:
+        """Whether writing `frame` could wait on the peer. Not a small frame into an empty send
+        buffer: it goes to the kernel at once, and aiohttp has nothing to wait for."""
+        transport = self.transport
+        return len(frame) > UNSTALLABLE_BYTES or transport is None or transport.get_write_buffer_size() > 0
 
     async def _close(self) -> None:
         request = self.close_request or CloseRequest(CloseCode.NORMAL, "")
