@@ -158,12 +158,14 @@ class Requests:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = reply
-        timer = loop.call_later(timeout_s, self._expire, token)
         try:
             await nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            msg = await reply
+            timer = loop.call_later(timeout_s, self._expire, token)  # from the send, as nats-py's
+            try:
+                msg = await reply
+            finally:
+                timer.cancel()
         finally:
-            timer.cancel()
             self._waiting.pop(token, None)
         if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
             raise nats.errors.NoRespondersError
