@@ -65,10 +65,10 @@ class Delivery:
         """Hand a record just marked sent to the socket it names.
 
         Only a failure is answered (the gateway has no such socket, or nobody listens at all), on
-        a subject naming the agent, the socket and the command: a reply per delivery was a tenth
-        of the dispatcher's work. A failure leaves the command `sent`: its ack timeout sends it
-        again, a reconnect at once; nobody listening means the gateway holding the socket died,
-        and the agent is marked offline.
+        a subject naming the agent, the socket and the command: a reply to every delivery cost a
+        future, a timer and a message in per command. A failure leaves the command `sent`: its ack
+        timeout sends it again, a reconnect at once; nobody listening means the gateway holding
+        the socket died, and the agent is marked offline.
         """
         assert record.sent_to is not None
         link = self.view.link(record.edge_agent_id)
