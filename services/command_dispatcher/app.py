@@ -52,7 +52,7 @@ class Dispatcher:
         self.membership: Membership
 
     async def start(self) -> None:
-        edge = await ensure_edge(self.nc, self.settings.jetstream_replicas)
+        edge = await ensure_edge(self.nc.jetstream(), self.settings.jetstream_replicas)
         timing = self.settings.timing
         self.view = View(edge.commands, edge.agents, self._record_changed, self._link_changed)
         store = CommandStore(self.nc, edge.commands, self.view, self.metrics)

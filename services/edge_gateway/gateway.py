@@ -58,7 +58,7 @@ class Gateway:
         self.upstream: Upstream
 
     async def start(self) -> None:
-        agents = await ensure_edge_gateway(self.nc, self.settings.jetstream_replicas)
+        agents = await ensure_edge_gateway(self.nc.jetstream(), self.settings.jetstream_replicas)
         self.upstream = Upstream(
             self.nc, agents, self.tasks, self.settings.upstream_timeout_s, self.gateway_id
         )

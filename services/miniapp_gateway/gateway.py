@@ -63,7 +63,7 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         store = await ensure_miniapp(
-            self.nc,
+            self.nc.jetstream(),
             settings.jetstream_replicas,
             settings.session_history,
             # A record holds the state, the patch that made it and the member list.

@@ -119,8 +119,10 @@ class Requests:
     """Requests on one connection through one reply subscription, tokens from a counter.
 
     nats-py's `request` pays, per call, a NUID and an `os.urandom` for its token and an
-    `asyncio.wait_for` for its timeout: on the dispatcher's path (a JetStream write and a delivery
-    per command, at least) that was a tenth of its CPU. Here a timeout is one timer handle.
+    `asyncio.wait_for` for its timeout; here a timeout is one timer handle. For the internal API
+    (`request`). JetStream writes stay on nats-py's publish: on this path, soak runs saw bursts of
+    refused writes while a stream leader was replaced, which nats-py's did not show (README,
+    Performance).
     """
 
     _of: weakref.WeakKeyDictionary[NATS, Requests] = weakref.WeakKeyDictionary()

@@ -14,17 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-import nats.errors
 import nats.js.errors
-import orjson
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, TypeAdapter
 
-from shared.broker.connection import REQUEST_TIMEOUT_S, Requests, patiently
+from shared.broker.connection import patiently
 from shared.protocol import subjects
 from shared.protocol.errors import Unavailable
 
@@ -35,9 +32,6 @@ KV_OPERATION = "KV-Operation"
 MARKER_REASON = "Nats-Marker-Reason"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 CAS_ATTEMPTS = 20
-EXPECTED_LAST = api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value
-MSG_TTL = api.Header.MSG_TTL.value
-WRITE_TIMEOUT_S = REQUEST_TIMEOUT_S  # what nats-py's JetStream calls wait, too
 
 
 class WrongRevision(Exception):
@@ -93,8 +87,7 @@ def stream_position(reply: str) -> tuple[int, int]:
 
 
 class Bucket:
-    def __init__(self, nc: NATS, js: JetStreamContext, kv: KeyValue, name: str, direct: bool = False) -> None:
-        self.requests = Requests.of(nc)
+    def __init__(self, js: JetStreamContext, kv: KeyValue, name: str, direct: bool = False) -> None:
         self.js = js
         self.kv = kv
         self.name = name
@@ -123,26 +116,17 @@ class Bucket:
         return adapter.validate_json(read.value), read.revision
 
     async def write(self, key: str, value: bytes, last: int, ttl_s: int | None = None) -> int:
-        """Write `value` if the key's latest revision is still `last` (0: absent); the new revision.
-
-        A JetStream publish as nats-py's `js.publish` makes it, on the leaner request path.
-        """
-        headers = {EXPECTED_LAST: str(last)}
-        if ttl_s is not None:
-            headers[MSG_TTL] = str(ttl_s)
+        """Write `value` if the key's latest revision is still `last` (0: absent); the new revision."""
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
         try:
-            msg = await self.requests.ask(
-                subjects.kv_subject(self.name, key), value, WRITE_TIMEOUT_S, headers
+            ack = await self.js.publish(
+                subjects.kv_subject(self.name, key), value, headers=headers, msg_ttl=ttl_s
             )
-        except nats.errors.NoRespondersError:
-            raise nats.js.errors.NoStreamResponseError from None
-        ack = orjson.loads(msg.data)
-        err = ack.get("error")
-        if err is not None:
-            if err.get("err_code") in WRONG_LAST_SEQUENCE:
+        except nats.js.errors.APIError as err:
+            if err.err_code in WRONG_LAST_SEQUENCE:
                 raise WrongRevision(key) from None
-            raise nats.js.errors.APIError.from_error(err)
-        return int(ack["seq"])
+            raise
+        return int(ack.seq)
 
     async def put(self, key: str, value: bytes) -> int:
         """Write `value` whatever is there."""

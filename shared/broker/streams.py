@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import nats.js.errors
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
@@ -40,18 +39,17 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await patiently(ensure, f"stream {config.name}")
 
 
-async def ensure_bucket(nc: NATS, config: KeyValueConfig, max_consumers: int = 0) -> Bucket:
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int = 0) -> Bucket:
     """Create the bucket, or bring an existing one's limits to `config` (waiting for a broker that
     is not answering yet).
 
     `max_consumers` sets how many consumers its stream may have: nats-server 2.15 allows 1,000 per
     stream unless the stream says otherwise, and a MiniApp gateway holds one per active session.
     """
-    return await patiently(lambda: _ensure_bucket(nc, config, max_consumers), f"bucket {config.bucket}")
+    return await patiently(lambda: _ensure_bucket(js, config, max_consumers), f"bucket {config.bucket}")
 
 
-async def _ensure_bucket(nc: NATS, config: KeyValueConfig, max_consumers: int) -> Bucket:
-    js = nc.jetstream()
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int) -> Bucket:
     try:
         kv = await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
@@ -68,7 +66,7 @@ async def _ensure_bucket(nc: NATS, config: KeyValueConfig, max_consumers: int) -
         for k, v in wanted.items():
             setattr(stream, k, v)
         await js.update_stream(stream)
-    return Bucket(nc, js, kv, config.bucket, direct=bool(config.direct))
+    return Bucket(js, kv, config.bucket, direct=bool(config.direct))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,24 +111,24 @@ def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig, KeyValu
     )
 
 
-async def ensure_edge(nc: NATS, replicas: int) -> EdgeStore:
+async def ensure_edge(js: JetStreamContext, replicas: int) -> EdgeStore:
     """Everything of the edge path (the dispatcher's start)."""
     for config in edge_streams(replicas):
-        await ensure_stream(nc.jetstream(), config)
+        await ensure_stream(js, config)
     commands, agents, dispatchers = edge_buckets(replicas)
     return EdgeStore(
-        commands=await ensure_bucket(nc, commands),
-        agents=await ensure_bucket(nc, agents),
-        dispatchers=await ensure_bucket(nc, dispatchers),
+        commands=await ensure_bucket(js, commands),
+        agents=await ensure_bucket(js, agents),
+        dispatchers=await ensure_bucket(js, dispatchers),
     )
 
 
-async def ensure_edge_gateway(nc: NATS, replicas: int) -> Bucket:
+async def ensure_edge_gateway(js: JetStreamContext, replicas: int) -> Bucket:
     """What an edge gateway writes (the agents bucket, the stored-acks stream), and nothing more:
     its NATS user may create only these."""
     for config in edge_streams(replicas):
-        await ensure_stream(nc.jetstream(), config)
-    return await ensure_bucket(nc, edge_buckets(replicas)[1])
+        await ensure_stream(js, config)
+    return await ensure_bucket(js, edge_buckets(replicas)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +137,11 @@ class MiniAppStore:
     presence: Bucket
 
 
-async def ensure_miniapp(nc: NATS, replicas: int, history: int, max_value_bytes: int) -> MiniAppStore:
+async def ensure_miniapp(
+    js: JetStreamContext, replicas: int, history: int, max_value_bytes: int
+) -> MiniAppStore:
     sessions = await ensure_bucket(
-        nc,
+        js,
         KeyValueConfig(
             bucket=subjects.MINIAPP_SESSIONS_BUCKET,
             history=history,
@@ -155,7 +155,7 @@ async def ensure_miniapp(nc: NATS, replicas: int, history: int, max_value_bytes:
         MINIAPP_MAX_CONSUMERS,
     )
     presence = await ensure_bucket(
-        nc,
+        js,
         KeyValueConfig(
             bucket=subjects.MINIAPP_PRESENCE_BUCKET,
             history=1,
