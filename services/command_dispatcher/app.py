@@ -1,4 +1,4 @@
-"""The command dispatcher: its NATS API, its view of the buckets, timers and stored-ack consumer."""
+"""The command dispatcher: its NATS API, the partitions it owns, timers and the stored-ack consumer."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from shared.runtime.tasks import KeyedWorkers
 from .config import DispatcherSettings
 from .delivery import Delivery
 from .handlers import Handlers
-from .membership import Membership
 from .metrics import DispatcherMetrics
+from .ownership import Ownership
 from .records import Record
 from .store import CommandStore
 from .timers import Timers
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_CONCURRENCY = 256
 QUEUE_DEPTH_EVERY_S = 5.0
+LATE_READ_S = 5.0
 
 
 class Dispatcher:
@@ -45,36 +46,81 @@ class Dispatcher:
         self.tasks = new_task_owner(metrics)
         self.requests = KeyedWorkers(REQUEST_CONCURRENCY)
         self.subs: list[Subscription] = []
+        self.partition_subs: dict[int, list[Subscription]] = {}
+        self.started = False
         self.view: View
         self.timers: Timers
         self.handlers: Handlers
         self.delivery: Delivery
-        self.membership: Membership
+        self.ownership: Ownership
 
     async def start(self) -> None:
         edge = await ensure_edge(self.nc.jetstream(), self.settings.jetstream_replicas)
         timing = self.settings.timing
-        self.view = View(edge.commands, edge.agents, self._record_changed, self._link_changed)
-        store = CommandStore(self.nc, edge.commands, self.view, self.metrics)
 
         def spawn(work: Coroutine[Any, Any, None]) -> None:
             self.tasks.spawn(work, "after_reply")
 
+        # Built together, with no await between: the view's callbacks reach the timers.
+        self.view = View(edge.agents, self._record_changed, self._link_changed)
+        store = CommandStore(self.nc, edge.commands, self.view, self.metrics)
+        self.store = store
         self.delivery = Delivery(self.nc, store, self.view, edge.agents, timing, self.metrics, spawn)
-        self.membership = Membership(edge.dispatchers, self.tasks)
-        self.timers = Timers(self.view, store, self.delivery, self.membership, timing)
+        self.ownership = Ownership(edge.dispatchers, self.tasks, self)
+        self.timers = Timers(self.view, store, self.delivery, self.ownership, timing)
         self.handlers = Handlers(
-            self.nc, store, self.view, self.delivery, self.metrics, self.settings.max_queued_per_agent, spawn
+            self.nc,
+            store,
+            self.view,
+            edge.agents,
+            self.delivery,
+            self.ownership,
+            self.metrics,
+            self.settings.max_queued_per_agent,
+            spawn,
         )
-        await self.membership.start()
-        await self.view.start()  # every unfinished command and agent, before answering anything
+        self.started = True
         await self.delivery.start()
+        self.tasks.keep("timers", self.timers.run)
+        # The partitions nobody else holds are read before this replica answers anything.
+        await self.ownership.start()
         self.subs = await serve_requests(
             self.nc, self.handlers.routes(), subjects.DISPATCHER_QUEUE_GROUP, self.requests, log
         )
-        self.tasks.keep("timers", self.timers.run)
         self.tasks.keep("stored_acks", self._consume_stored_acks)
         self.tasks.keep("queue_depth", self._report_queue_depth)
+
+    # --- partitions (`ownership.Partitions`) ---
+
+    async def load(self, partition: int) -> None:
+        await self.view.take(partition)
+        for record, revision in await self.store.read_open(partition):
+            self.view.learn(record, revision)
+
+    async def open(self, partition: int) -> None:
+        self.partition_subs[partition] = await serve_requests(
+            self.nc,
+            self.handlers.partition_routes(partition),
+            subjects.DISPATCHER_QUEUE_GROUP,
+            self.requests,
+            log,
+        )
+        self.tasks.spawn(self._read_late(partition), "read_late")
+
+    async def _read_late(self, partition: int) -> None:
+        """Read the partition's index once more a moment after taking it: a command its old owner
+        was storing as the partition moved is noted there only after the first read."""
+        await asyncio.sleep(LATE_READ_S)
+        if partition in self.ownership.held:
+            for record, revision in await self.store.read_open(partition):
+                if self.view.get(record.command_id) is None:
+                    self.view.learn(record, revision)
+
+    async def drop(self, partition: int) -> None:
+        for sub in self.partition_subs.pop(partition, []):
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        await self.view.drop(partition)
 
     def _record_changed(self, record: Record, revision: int) -> None:
         self.timers.schedule(record, revision)
@@ -100,7 +146,7 @@ class Dispatcher:
                     continue
                 for msg in msgs:
                     try:
-                        await self.handlers.handle_acks(msg.data)
+                        await self.handlers.route_acks(msg.data)
                     except IkiroError as err:
                         if err.code is ErrorCode.UNAVAILABLE:
                             await msg.nak(delay=1.0)
@@ -119,23 +165,26 @@ class Dispatcher:
     async def _report_queue_depth(self) -> None:
         while True:
             self.metrics.queue_depth.set(len(self.view.records))
+            self.metrics.partitions_owned.set(len(self.ownership.held))
             await asyncio.sleep(QUEUE_DEPTH_EVERY_S)
 
     async def drain(self) -> None:
-        """Take no new requests and let in-flight ones finish."""
+        """Take no new requests, let in-flight ones finish, then hand the partitions over."""
         for sub in self.subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         self.subs.clear()
+        if self.started:
+            await self.ownership.stop()
         await self.requests.join()
 
     async def stop(self) -> None:
         await self.tasks.close()
         await self.requests.close()
-        if hasattr(self, "view"):
+        if self.started:
             await self.view.stop()
             await self.delivery.stop()
-            await self.membership.release()
+            await self.ownership.stop()
 
 
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

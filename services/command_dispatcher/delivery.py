@@ -119,6 +119,15 @@ class Delivery:
         if sent is not None:
             await self.push(sent)
 
+    async def catch_up(self, edge_agent_id: str) -> None:
+        """Send what the agent's connect pull would have, over its current socket, in push order
+        (that pull may not have reached an owner: the partition was moving)."""
+        link = self.view.link(edge_agent_id)
+        if link is None:
+            return
+        for record in await self.pull(edge_agent_id, link.connection_id, via_socket=True):
+            await self.push(record)
+
     async def mark_offline(self, edge_agent_id: str, connection_id: str) -> None:
         """Nobody answered for the socket: unless it answers a probe a moment later (its gateway may
         have been between NATS servers) or a newer socket claimed the agent, say it is gone."""

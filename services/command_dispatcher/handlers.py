@@ -1,4 +1,10 @@
-"""The dispatcher's internal NATS API (DESIGN section 4), one `handle_<name>` per subject."""
+"""The dispatcher's internal NATS API (DESIGN section 4).
+
+Any replica answers the public subjects (one queue group); everything about one agent is then
+handled by the owner of the agent's partition, on `edge.partition.<p>.<op>`: here when this replica
+owns it, else forwarded there. `OPS` binds each operation to its request model and handler: bodies
+are parsed in one place (`serve`), and handlers take the parsed request.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,30 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from nats.aio.client import Client as NATS
+from pydantic import TypeAdapter
 
-from shared.broker.connection import Handler, request
+from shared.broker.connection import Handler, request, request_owner
+from shared.broker.kv import Bucket
 from shared.protocol import codec, subjects
-from shared.protocol.agents import AgentInfo, deliver_request
+from shared.protocol.agents import STATUS, SYNC, AgentInfo, deliver_request
 from shared.protocol.commands import (
     ACK_BATCH,
     AGENT_REQUEST,
     COMMAND_ID_REQUEST,
     PULL_REQUEST,
     SUBMIT_REQUEST,
+    AckBatch,
     AgentAck,
+    AgentRequest,
+    CommandIdRequest,
     CommandState,
+    PullRequest,
+    SubmitRequest,
     parse_request,
     validate_payload,
 )
@@ -38,13 +53,14 @@ from shared.protocol.errors import (
 from .delivery import PROBE_TIMEOUT_S, Delivery, Spawn
 from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, new_record, same_content
 from .metrics import DispatcherMetrics
+from .ownership import Ownership
 from .records import Record, command_data
 from .store import CommandStore
 from .view import View
 
 log = logging.getLogger(__name__)
 
-TAKEN_READ_RETRIES_S = (0.05, 0.25, 1.0)
+Op = tuple[TypeAdapter[Any], Callable[[Any], Awaitable[dict[str, Any]]]]
 
 
 class Handlers:
@@ -53,7 +69,9 @@ class Handlers:
         nc: NATS,
         store: CommandStore,
         view: View,
+        agents: Bucket,
         delivery: Delivery,
+        ownership: Ownership,
         metrics: DispatcherMetrics,
         max_queued_per_agent: int,
         spawn: Spawn,
@@ -61,65 +79,130 @@ class Handlers:
         self.nc = nc
         self.store = store
         self.view = view
+        self.agents = agents
         self.delivery = delivery
+        self.ownership = ownership
         self.metrics = metrics
         self.max_queued_per_agent = max_queued_per_agent
         self.spawn = spawn  # runs work that goes on after the reply (the first push, an offline mark)
+        self.ops: dict[str, Op] = {
+            "submit": (SUBMIT_REQUEST, self.handle_submit),
+            "cancel": (COMMAND_ID_REQUEST, self.handle_cancel),
+            "agent": (AGENT_REQUEST, self.handle_agents_get),
+            "pull": (PULL_REQUEST, self.handle_pull),
+            "acks": (ACK_BATCH, self.handle_acks),
+        }
+        assert set(self.ops) == set(subjects.PARTITION_OPS)
+
+    # --- routing ---
 
     def routes(self) -> dict[str, Handler]:
+        """The public subjects, answered by any replica."""
         return {
-            subjects.COMMANDS_SUBMIT: self.handle_submit,
+            subjects.COMMANDS_SUBMIT: self._by_agent("submit"),
             subjects.COMMANDS_GET: self.handle_get,
-            subjects.COMMANDS_CANCEL: self.handle_cancel,
-            subjects.AGENTS_GET: self.handle_agents_get,
-            subjects.AGENTS_PULL: self.handle_pull,
-            subjects.ACKS_SUBMIT: self.handle_acks,
+            subjects.COMMANDS_CANCEL: self.route_cancel,
+            subjects.AGENTS_GET: self._by_agent("agent"),
+            subjects.AGENTS_PULL: self._by_agent("pull"),
+            subjects.ACKS_SUBMIT: self.route_acks,
         }
 
-    async def handle_submit(self, data: bytes) -> dict[str, Any]:
+    def partition_routes(self, partition: int) -> dict[str, Handler]:
+        """The subjects of one partition, answered by its owner only."""
+
+        def serving(op: str) -> Handler:
+            async def handle(data: bytes) -> dict[str, Any]:
+                return await self.serve(partition, op, data)
+
+            return handle
+
+        return {subjects.partition_api(partition, op): serving(op) for op in self.ops}
+
+    async def serve(self, partition: int, op: str, data: bytes) -> dict[str, Any]:
+        """Handle a request of a partition this replica owns."""
+        if not self.ownership.active(partition):
+            raise Unavailable("this replica no longer owns that agent's commands, try again")
+        adapter, handler = self.ops[op]
+        try:
+            req = parse_request(adapter, data)
+        except IkiroError as err:
+            if op == "submit":
+                self.metrics.submitted.labels(command_type=_type_label(data), result=str(err.code)).inc()
+            raise
+        return await handler(req)
+
+    async def route(self, partition: int, op: str, data: bytes) -> dict[str, Any]:
+        """Handle here when this replica owns the partition, else hand it to the owner."""
+        if self.ownership.active(partition):
+            return await self.serve(partition, op, data)
+        return await request_owner(self.nc, subjects.partition_api(partition, op), data)
+
+    def _by_agent(self, op: str) -> Handler:
+        async def handle(data: bytes) -> dict[str, Any]:
+            agent = _agent_of(data)
+            if agent is None:  # unusable: parsed here, for the error it deserves
+                parse_request(self.ops[op][0], data)
+                agent = _agent_of(data) or ""
+            return await self.route(subjects.partition_of(agent), op, data)
+
+        return handle
+
+    async def route_cancel(self, data: bytes) -> dict[str, Any]:
+        req = parse_request(COMMAND_ID_REQUEST, data)
+        record = await self.store.read(str(req.command_id))
+        if record is None:
+            raise NotFound(f"no command {req.command_id}")
+        return await self.route(subjects.partition_of(record.edge_agent_id), "cancel", data)
+
+    async def route_acks(self, data: bytes) -> dict[str, Any]:
+        """Acks of any agents (a gateway of an earlier version, or the stored acks): each partition's
+        to its owner."""
+        batch = parse_request(ACK_BATCH, data)
+        by_partition: dict[int, list[AgentAck]] = {}
+        for item in batch.acks:
+            by_partition.setdefault(subjects.partition_of(item.edge_agent_id), []).append(item)
+        await asyncio.gather(
+            *(
+                self.route(partition, "acks", codec.dumps(AckBatch(acks=acks)))
+                for partition, acks in by_partition.items()
+            )
+        )
+        return {}
+
+    # --- handlers ---
+
+    async def handle_submit(self, req: SubmitRequest) -> dict[str, Any]:
         """Store the command durably, answer, then push it at once if the agent has a socket."""
         try:
-            req = parse_request(SUBMIT_REQUEST, data)
             validate_payload(req.command_type, req.payload)
         except IkiroError as err:
-            self.metrics.submitted.labels(command_type=_type_label(data), result=str(err.code)).inc()
+            self.metrics.submitted.labels(command_type=req.command_type.value, result=str(err.code)).inc()
             raise
         command_type = req.command_type.value
         command_id = str(req.command_id or uuid.uuid4())
-        if self.view.count(req.edge_agent_id) < self.max_queued_per_agent:
+        full = self.view.count(req.edge_agent_id) >= self.max_queued_per_agent
+        if full and req.command_id is None:
+            self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
+            raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
+        if full:
+            existing = await self.store.read(command_id)
+            if existing is None:
+                self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
+                raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
+        else:
             record = new_record(req, command_id, time.time(), self.view.link(req.edge_agent_id))
-            if await self.store.create(record):
+            existing = await self.store.create(record)
+            if existing is None:
                 self.metrics.submitted.labels(command_type=command_type, result="accepted").inc()
                 if record.state is CommandState.SENT:
                     self.spawn(self.delivery.push(record))
                 # Accepted `queued`; the push to a connected agent (its `sent` event) follows at once.
                 return {"command_id": command_id, "state": CommandState.QUEUED.value, "duplicate": False}
-        elif req.command_id is None:
-            self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
-            raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
-        existing = await self.store.read(command_id)
-        if existing is None:
-            if self.view.count(req.edge_agent_id) >= self.max_queued_per_agent:
-                self.metrics.submitted.labels(command_type=command_type, result="queue_full").inc()
-                raise QueueFull(f"agent has {self.max_queued_per_agent} unfinished commands")
-            existing = await self._read_taken(command_id)
         if not same_content(existing, req):
             self.metrics.submitted.labels(command_type=command_type, result="conflict").inc()
             raise Conflict(f"command {command_id} was already submitted with other content")
         self.metrics.submitted.labels(command_type=command_type, result="duplicate").inc()
         return {"command_id": command_id, "state": existing.state.value, "duplicate": True}
-
-    async def _read_taken(self, command_id: str) -> Record:
-        """The record whose `create` just refused this id. Not finding it is no proof it is absent:
-        in a cluster the read may reach a store that has not caught up yet (a leader change). A
-        caller told `not_found` would submit under a new id and the message would go out twice, so
-        ask again and, failing that, answer `unavailable`: the caller retries with the same id."""
-        for delay_s in TAKEN_READ_RETRIES_S:
-            await asyncio.sleep(delay_s)
-            existing = await self.store.read(command_id)
-            if existing is not None:
-                return existing
-        raise Unavailable(f"command {command_id} is being stored; submit it again with the same id")
 
     async def handle_get(self, data: bytes) -> dict[str, Any]:
         req = parse_request(COMMAND_ID_REQUEST, data)
@@ -128,9 +211,7 @@ class Handlers:
             raise NotFound(f"no command {req.command_id}")
         return record.public()
 
-    async def handle_cancel(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(COMMAND_ID_REQUEST, data)
-
+    async def handle_cancel(self, req: CommandIdRequest) -> dict[str, Any]:
         def change(current: Record) -> Record | None:
             if current.state not in CANCELLABLE:
                 raise NotCancellable(f"command is {current.state}")
@@ -141,12 +222,16 @@ class Handlers:
             raise NotFound(f"no command {req.command_id}")
         return record.public()
 
-    async def handle_agents_get(self, data: bytes) -> dict[str, Any]:
-        agent = parse_request(AGENT_REQUEST, data).edge_agent_id
+    async def handle_agents_get(self, req: AgentRequest) -> dict[str, Any]:
+        agent = req.edge_agent_id
         found = self.view.presence.get(agent)
         presence = found[0] if found else None
-        status = self.view.status.get(agent)
-        sync = self.view.sync.get(agent)
+        status_read, sync_read = await asyncio.gather(
+            self.agents.get(subjects.agent_key("status", agent), STATUS),
+            self.agents.get(subjects.agent_key("sync", agent), SYNC),
+        )
+        status = status_read[0] if status_read else None
+        sync = sync_read[0] if sync_read else None
         online = False
         last_seen = None
         if presence is not None and presence.online and presence.connection_id and presence.gateway_id:
@@ -187,14 +272,13 @@ class Handlers:
         )
         return info.model_dump(mode="json")
 
-    async def handle_pull(self, data: bytes) -> dict[str, Any]:
-        req = parse_request(PULL_REQUEST, data)
+    async def handle_pull(self, req: PullRequest) -> dict[str, Any]:
         sent = await self.delivery.pull(req.edge_agent_id, req.connection_id, req.via_socket)
         return {"commands": [command_data(record) for record in sent]}
 
-    async def handle_acks(self, data: bytes) -> dict[str, Any]:
-        """Acks of any agents: each command's acks applied in their order, in one compare-and-set."""
-        batch = parse_request(ACK_BATCH, data)
+    async def handle_acks(self, batch: AckBatch) -> dict[str, Any]:
+        """Acks of a partition's agents: each command's acks applied in their order, in one
+        compare-and-set."""
         by_command: dict[str, list[AgentAck]] = {}
         for item in batch.acks:
             by_command.setdefault(str(item.ack.command_id), []).append(item)
@@ -226,6 +310,17 @@ class Handlers:
                     outcome,
                     extra={"command_id": command_id, "edge_agent_id": item.edge_agent_id},
                 )
+
+
+def _agent_of(data: bytes) -> str | None:
+    """The request's `edge_agent_id` when it is a usable one, read without validating the rest
+    (the owner does that)."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    agent = body.get("edge_agent_id") if isinstance(body, dict) else None
+    return agent if subjects.is_token(agent) else None
 
 
 def _type_label(data: bytes) -> str:

@@ -26,7 +26,14 @@ class DispatcherMetrics(ServiceMetrics):
             )
         )
         self.queue_depth = Gauge(
-            "ikiro_command_queue_depth", "Unfinished commands across all agents.", registry=r
+            "ikiro_command_queue_depth",
+            "Unfinished commands of the partitions this replica owns.",
+            registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "ikiro_dispatcher_partitions_owned",
+            "Partitions of the command path this replica owns.",
+            registry=r,
         )
         self.time_to_sent = Histogram(
             "ikiro_command_time_to_sent_seconds", "Submit to first send.", buckets=LATENCY_BUCKETS, registry=r

@@ -1,10 +1,10 @@
 """Command timers: one in-memory schedule of every unfinished command's next deadline.
 
-Each replica schedules every command it sees (`view.py`), and fires those of the agents it owns
-(`membership.py`); a due timer of an agent owned elsewhere is looked at again `OWNER_RECHECK_S`
-later, so when a replica dies its agents' timers fire elsewhere within its lease TTL plus that.
-A firing decides from the record as this replica sees it (`timer_action`) and writes with a
-compare-and-set, so a timer that fires on two replicas at once changes the record once.
+Each replica schedules the commands of the partitions it owns (`view.py`, `ownership.py`); when a
+partition moves, its new owner reads them and schedules them afresh. A firing decides from the
+record as this replica sees it (`timer_action`) and writes with a compare-and-set, so a timer that
+fires on two replicas at once (an old owner that has not yet let go) changes the record once. While
+this replica's own lease is in doubt, due timers wait `OWNER_RECHECK_S`.
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ import logging
 import time
 
 from shared.broker.connection import NATS_ERRORS
+from shared.protocol import subjects
 from shared.protocol.commands import CommandState
 from shared.runtime.tasks import KeyedWorkers
 
 from .delivery import Delivery
 from .lifecycle import TimerAction, Timing, timer_action
-from .membership import Membership
+from .ownership import Ownership
 from .records import Record
 from .store import CommandStore
 from .view import View
 
 log = logging.getLogger(__name__)
 
-OWNER_RECHECK_S = 5.0
+OWNER_RECHECK_S = 1.0
 RETRY_S = 1.0
 CONCURRENCY = 512
 _FINAL = {
@@ -41,12 +42,12 @@ _FINAL = {
 
 class Timers:
     def __init__(
-        self, view: View, store: CommandStore, delivery: Delivery, membership: Membership, timing: Timing
+        self, view: View, store: CommandStore, delivery: Delivery, ownership: Ownership, timing: Timing
     ) -> None:
         self.view = view
         self.store = store
         self.delivery = delivery
-        self.membership = membership
+        self.ownership = ownership
         self.timing = timing
         self.workers = KeyedWorkers(CONCURRENCY)
         # (when, tie-breaker, command_id, revision); entries for an older revision are skipped.
@@ -96,7 +97,7 @@ class Timers:
             if found is None or found[1] != revision:
                 continue  # finished, or superseded by a newer revision with its own entry
             record = found[0]
-            if not self.membership.owns(record.edge_agent_id):
+            if not self.ownership.active(subjects.partition_of(record.edge_agent_id)):
                 heapq.heappush(self._heap, (now + OWNER_RECHECK_S, next(self._order), command_id, revision))
                 continue
             await self.workers.submit(
@@ -117,7 +118,9 @@ class Timers:
         record = found[0]
         action, _ = timer_action(record, time.time(), self.timing, self.view.link(record.edge_agent_id))
         try:
-            if action in (TimerAction.DELIVER, TimerAction.REDELIVER):
+            if action is TimerAction.DELIVER:
+                await self.delivery.catch_up(record.edge_agent_id)
+            elif action is TimerAction.REDELIVER:
                 await self.delivery.send(command_id)
             elif action in _FINAL:
                 await self.store.transition(command_id, functools.partial(self._finish, action))

@@ -1,10 +1,10 @@
-"""This replica's view of the command records and the agents, kept current by following the buckets.
+"""What this replica knows of the partitions it owns: their unfinished commands and agents' sockets.
 
-Every dispatcher replica follows both buckets: it holds every unfinished command (indexed by
-agent, so `queue_full`, `queued` and a connect's pull need no JetStream call), every agent's
-socket (so a delivery needs no presence read), and the agents' last status and sync. Writes of its
-own are learnt at once; everyone else's arrive within milliseconds. The view may lag the store,
-never lead it: every decision taken on it is written with a compare-and-set on the revision it saw.
+A partition's owner is its only writer, so it learns every change of its records from its own
+writes (and from what a compare-and-set reads back when another replica wrote meanwhile); it reads
+the store only when it takes a partition (`CommandStore.read_open`), and follows only the presence
+records of its partitions' agents. The view may lag the store, never lead it: every decision taken
+on it is written with a compare-and-set on the revision it saw.
 """
 
 from __future__ import annotations
@@ -16,56 +16,59 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from shared.broker.kv import Bucket, Entry, Following
-from shared.protocol.agents import PRESENCE, STATUS, SYNC, AgentPresence, AgentStatus, AgentSync
+from shared.protocol import subjects
+from shared.protocol.agents import PRESENCE, AgentPresence
 from shared.protocol.commands import TERMINAL
 
 from .lifecycle import Link
-from .records import Record, RecordCodec
+from .records import Record
 
 log = logging.getLogger(__name__)
 
-SYNC_TIMEOUT_S = 60.0
-FINISHED_REMEMBERED = 16_384
+PRESENCE_SYNC_TIMEOUT_S = 30.0
 
 
 class View:
     def __init__(
         self,
-        commands: Bucket,
         agents: Bucket,
         on_record: Callable[[Record, int], None],
         on_link: Callable[[str], None],
     ) -> None:
-        self.commands_bucket = commands
         self.agents_bucket = agents
         self.on_record = on_record  # an unfinished record changed (and which revision it is at)
         self.on_link = on_link  # an agent's socket changed
+        self.partitions: set[int] = set()  # those whose records and agents are kept here
         self.records: dict[str, tuple[Record, int]] = {}  # unfinished commands, by id
-        # The last revision of commands that reached a final state here, oldest first (bounded): so
-        # the bucket's echo of a final write is recognised instead of decoded all over again.
-        self.finished: dict[str, int] = {}
-        # This replica's writes on their way, as stored: the bucket's echo of one often arrives
-        # before the write's own ack, and is then taken from here instead of decoded.
-        self.writing: dict[str, tuple[bytes, Record]] = {}
         self.by_agent: dict[str, set[str]] = {}  # unfinished command ids, by agent
         self.presence: dict[str, tuple[AgentPresence, int]] = {}
-        self.status: dict[str, AgentStatus] = {}
-        self.sync: dict[str, AgentSync] = {}
-        self._following: list[Following] = []
+        self._following: dict[int, Following] = {}
 
-    async def start(self) -> None:
-        """Follow both buckets; return once what they held at the start has been read."""
-        self._following = [
-            await self.commands_bucket.follow(">", self._on_command),
-            await self.agents_bucket.follow(">", self._on_agent),
-        ]
-        async with asyncio.timeout(SYNC_TIMEOUT_S):
-            for following in self._following:
-                await following.synced.wait()
+    async def take(self, partition: int) -> None:
+        """Start keeping `partition`: follow its agents' presence until what exists has been read."""
+        self.partitions.add(partition)
+        following = await self.agents_bucket.follow(
+            subjects.agent_keys_of_partition("presence", partition), self._on_presence
+        )
+        self._following[partition] = following
+        async with asyncio.timeout(PRESENCE_SYNC_TIMEOUT_S):
+            await following.synced.wait()
+
+    async def drop(self, partition: int) -> None:
+        """Forget `partition`: another replica owns it now."""
+        self.partitions.discard(partition)
+        following = self._following.pop(partition, None)
+        if following is not None:
+            await following.stop()
+        for agent in [a for a in self.presence if subjects.partition_of(a) == partition]:
+            del self.presence[agent]
+        for agent in [a for a in self.by_agent if subjects.partition_of(a) == partition]:
+            for command_id in self.by_agent.pop(agent):
+                self.records.pop(command_id, None)
 
     async def stop(self) -> None:
-        for following in self._following:
-            await following.stop()
+        for partition in list(self._following):
+            await self.drop(partition)
 
     # --- commands ---
 
@@ -79,49 +82,29 @@ class View:
         return len(self.by_agent.get(edge_agent_id, ()))
 
     def learn(self, record: Record, revision: int) -> None:
-        """A record at `revision` (this replica's write, or one seen in the bucket)."""
+        """A record of this replica's partitions at `revision` (written here, or read from the store)."""
         known = self.records.get(record.command_id)
         if known is not None and known[1] >= revision:
             return
         if record.state in TERMINAL:
-            self._forget(record, revision)
+            self.forget(record.command_id)
             return
+        if subjects.partition_of(record.edge_agent_id) not in self.partitions:
+            return  # a write that was on its way when the partition went to another replica
         self.records[record.command_id] = (record, revision)
         self.by_agent.setdefault(record.edge_agent_id, set()).add(record.command_id)
         self.on_record(record, revision)
 
-    def _forget(self, record: Record, revision: int) -> None:
-        if len(self.finished) >= FINISHED_REMEMBERED:
-            del self.finished[next(iter(self.finished))]
-        self.finished[record.command_id] = revision
-        if self.records.pop(record.command_id, None) is None:
+    def forget(self, command_id: str) -> None:
+        known = self.records.pop(command_id, None)
+        if known is None:
             return
-        ids = self.by_agent.get(record.edge_agent_id)
+        agent = known[0].edge_agent_id
+        ids = self.by_agent.get(agent)
         if ids is not None:
-            ids.discard(record.command_id)
+            ids.discard(command_id)
             if not ids:
-                del self.by_agent[record.edge_agent_id]
-
-    def _on_command(self, entry: Entry) -> None:
-        known = self.records.get(entry.key)
-        if known is not None and known[1] >= entry.revision:
-            return  # this replica wrote it, and learnt it already
-        if self.finished.get(entry.key, 0) >= entry.revision:
-            return  # its final write, learnt already
-        if entry.value is None:  # gone with the bucket's retention
-            if known is not None:
-                self._forget(known[0], entry.revision)
-            return
-        mine = self.writing.get(entry.key)
-        if mine is not None and mine[0] == entry.value:
-            self.learn(mine[1], entry.revision)
-            return
-        try:
-            record = RecordCodec.decode(entry.value)
-        except (ValueError, KeyError, TypeError):
-            log.warning("unreadable command record", extra={"command_id": entry.key})
-            return
-        self.learn(record, entry.revision)
+                del self.by_agent[agent]
 
     # --- agents ---
 
@@ -135,27 +118,24 @@ class View:
         since = presence.connected_at.timestamp() if presence.connected_at else 0.0
         return Link(presence.connection_id, since, presence.gateway_id or "")
 
-    def _on_agent(self, entry: Entry) -> None:
-        kind, _, edge_agent_id = entry.key.partition(".")
-        if entry.value is None:
+    def _on_presence(self, entry: Entry) -> None:
+        edge_agent_id = entry.key.split(".", 2)[-1]
+        if entry.value is None or subjects.partition_of(edge_agent_id) not in self.partitions:
+            return
+        known = self.presence.get(edge_agent_id)
+        if known is not None and known[1] >= entry.revision:
             return
         try:
-            if kind == "presence":
-                known = self.presence.get(edge_agent_id)
-                if known is not None and known[1] >= entry.revision:
-                    return
-                before = self.link(edge_agent_id)
-                self.presence[edge_agent_id] = (PRESENCE.validate_json(entry.value), entry.revision)
-                if self.link(edge_agent_id) != before:
-                    self.on_link(edge_agent_id)
-            elif kind == "status":
-                self.status[edge_agent_id] = STATUS.validate_json(entry.value)
-            elif kind == "sync":
-                self.sync[edge_agent_id] = SYNC.validate_json(entry.value)
+            presence = PRESENCE.validate_json(entry.value)
         except ValidationError:
             log.warning("unreadable agent record", extra={"key": entry.key})
+            return
+        before = self.link(edge_agent_id)
+        self.presence[edge_agent_id] = (presence, entry.revision)
+        if self.link(edge_agent_id) != before:
+            self.on_link(edge_agent_id)
 
     def saw_presence(self, presence: AgentPresence, revision: int) -> None:
         """A presence record this replica wrote (marking an agent offline)."""
-        key = f"presence.{presence.edge_agent_id}"
-        self._on_agent(Entry(key, presence.model_dump_json().encode(), revision))
+        key = subjects.agent_key("presence", presence.edge_agent_id)
+        self._on_presence(Entry(key, presence.model_dump_json().encode(), revision))

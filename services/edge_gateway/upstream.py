@@ -1,8 +1,9 @@
 """What the gateway tells the rest of the system about an agent: acks, status, events, presence.
 
-Acks go to a dispatcher in batches gathered across the gateway's sockets, one batch in flight per
-lane, so each agent's acks keep their order while no reader ever waits on a round trip; when no
-dispatcher can be reached a batch is stored in JetStream for one to apply later, so none is lost.
+Acks go to the dispatchers owning their agents' partitions, in batches gathered across the
+gateway's sockets, one batch in flight per lane, so each agent's acks keep their order while no
+reader ever waits on a round trip; acks no owner takes in time are stored in JetStream for a
+dispatcher to apply later, so none is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from nats.aio.client import Client as NATS
 
-from shared.broker.connection import NATS_ERRORS, request
+from shared.broker.connection import NATS_ERRORS, request, request_owner
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
 from shared.protocol.agents import PRESENCE, AgentPresence, AgentStatus, AgentSync, PresenceEvent
@@ -100,11 +101,20 @@ class Upstream:
         await self._acks_settled.wait()
 
     async def acks(self, acks: list[AgentAck]) -> None:
-        """Hand acks to a dispatcher; when none answers in time, or one could not apply them, store
-        them in JetStream for a dispatcher to apply later (applying an ack twice changes nothing)."""
+        """Hand acks to the dispatchers owning their agents' partitions; those no owner takes in
+        time, or could not apply, are stored in JetStream for a dispatcher to apply later (applying
+        an ack twice changes nothing)."""
+        by_partition: dict[int, list[AgentAck]] = {}
+        for ack in acks:
+            by_partition.setdefault(subjects.partition_of(ack.edge_agent_id), []).append(ack)
+        await asyncio.gather(*(self._hand_over(p, part) for p, part in by_partition.items()))
+
+    async def _hand_over(self, partition: int, acks: list[AgentAck]) -> None:
         body = codec.dumps(AckBatch(acks=acks))
         try:
-            await request(self.nc, subjects.ACKS_SUBMIT, body, min(self.timeout_s, ACK_TIMEOUT_S))
+            await request(
+                self.nc, subjects.partition_api(partition, "acks"), body, min(self.timeout_s, ACK_TIMEOUT_S)
+            )
         except IkiroError as err:
             if err.code not in (ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL_ERROR):
                 raise
@@ -116,7 +126,8 @@ class Upstream:
     async def pull(self, edge_agent_id: str, connection_id: str, via_socket: bool) -> list[dict[str, Any]]:
         """The commands due for this connection, in push order, marked sent to it."""
         body = PullRequest(edge_agent_id=edge_agent_id, connection_id=connection_id, via_socket=via_socket)
-        reply = await request(self.nc, subjects.AGENTS_PULL, codec.dumps(body), self.timeout_s)
+        subject = subjects.partition_api(subjects.partition_of(edge_agent_id), "pull")
+        reply = await request_owner(self.nc, subject, codec.dumps(body), self.timeout_s)
         commands: list[dict[str, Any]] = reply["commands"]
         return commands
 

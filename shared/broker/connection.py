@@ -65,6 +65,13 @@ def on_reconnect(nc: NATS, hook: Callable[[], Awaitable[None]]) -> None:
     _RECONNECT_HOOKS.setdefault(nc, []).append(hook)
 
 
+def off_reconnect(nc: NATS, hook: Callable[[], Awaitable[None]]) -> None:
+    """Stop running `hook` after reconnects."""
+    hooks = _RECONNECT_HOOKS.get(nc)
+    if hooks is not None and hook in hooks:
+        hooks.remove(hook)
+
+
 async def _run_hook(hook: Callable[[], Awaitable[None]]) -> None:
     try:
         await hook()
@@ -202,6 +209,32 @@ async def request(nc: NATS, subject: str, body: Any, timeout_s: float = REQUEST_
         raise error_from_body(err if isinstance(err, dict) else {"code": ErrorCode.INTERNAL_ERROR})
     reply.pop("ok")
     return reply
+
+
+# How long a request to a partition's owner waits for one to take the partition (a handoff, or the
+# lease of a replica that died running out) before it answers `unavailable`.
+OWNER_PATIENCE_S = 4.0
+
+
+async def request_owner(
+    nc: NATS,
+    subject: str,
+    body: Any,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    patience_s: float = OWNER_PATIENCE_S,
+) -> dict[str, Any]:
+    """`request` to a subject that one owner answers, asked again while nobody does yet."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    delay = 0.05
+    while True:
+        try:
+            return await request(nc, subject, body, timeout_s)
+        except NoResponders:
+            if loop.time() + delay > deadline:
+                raise Unavailable(f"nobody owns {subject} yet, try again") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 async def patiently(call: Callable[[], Awaitable[T]], what: str, within_s: float = PATIENCE_S) -> T:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+import nats.errors
 import nats.js.errors
+import orjson
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, TypeAdapter
 
-from shared.broker.connection import patiently
+from shared.broker.connection import NATS_ERRORS, off_reconnect, on_reconnect, patiently
 from shared.protocol import subjects
 from shared.protocol.errors import Unavailable
 
@@ -32,6 +35,9 @@ KV_OPERATION = "KV-Operation"
 MARKER_REASON = "Nats-Marker-Reason"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 CAS_ATTEMPTS = 20
+# Keys per batched direct get (`Bucket.read_many`); nats-server answers at most 1,024 subjects at once.
+READ_MANY_BATCH = 512
+EOB = "204"  # the status of the message that ends a batched direct get
 
 
 class WrongRevision(Exception):
@@ -108,6 +114,49 @@ class Bucket:
             return Read(None, revision)
         return Read(msg.data or b"", revision)
 
+    async def read_many(self, keys: list[str], timeout_s: float = 5.0) -> dict[str, Read]:
+        """The latest value of each key that has one, read in batches that any replica of the
+        bucket may answer (direct gets, which the bucket must allow): a value may lag the leader's
+        by a moment, and a key missing from the answer may have been written just now."""
+        nc = self.js._nc  # nats-py's JetStream API has no batched get: it is a plain request
+        found: dict[str, Read] = {}
+        prefix = f"$KV.{self.name}."
+        for start in range(0, len(keys), READ_MANY_BATCH):
+            chunk = [prefix + key for key in keys[start : start + READ_MANY_BATCH]]
+            done = asyncio.get_running_loop().create_future()
+
+            async def on_msg(msg: Msg, done: asyncio.Future[None] = done) -> None:
+                headers = msg.headers or {}
+                status = headers.get(api.Header.STATUS.value)
+                if status is not None:
+                    if done.done():
+                        pass
+                    elif status == EOB:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(nats.js.errors.APIError(description=f"direct get: {status}"))
+                    return
+                subject = headers.get("Nats-Subject", "")
+                removed = is_removal(headers.get(KV_OPERATION)) or MARKER_REASON in headers
+                found[subject[len(prefix) :]] = Read(
+                    None if removed else msg.data, int(headers.get("Nats-Sequence", 0))
+                )
+
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, cb=on_msg)
+            try:
+                await nc.publish(
+                    f"$JS.API.DIRECT.GET.{self.stream}",
+                    orjson.dumps({"multi_last": chunk, "batch": len(chunk)}),
+                    reply=inbox,
+                )
+                async with asyncio.timeout(timeout_s):
+                    await done
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        return {key: read for key, read in found.items() if read.value is not None}
+
     async def get(self, key: str, adapter: TypeAdapter[M], fresh: bool = False) -> tuple[M, int] | None:
         """The value under `key` parsed by `adapter`, with its revision; None when absent."""
         read = await self.read(key, fresh)
@@ -152,46 +201,76 @@ class Bucket:
         """Hand `on_entry` the latest entry of every key matching `pattern`, then every change.
 
         `Following.synced` is set once the entries that existed at the start have all been handed
-        over. The ordered consumer behind it resumes where it was after a reconnect.
+        over. After a reconnect the ordered consumer behind it is made afresh from the next revision:
+        the one it had may have died with its NATS node, and nats-py notices that only after many
+        missed heartbeats (some 20 s), while a replica's lease expiry must be seen within seconds.
         """
         prefix = f"$KV.{self.name}."
-        following = Following()
+        following = Following(self.js._nc)
 
         async def on_msg(msg: Msg) -> None:
             revision, pending = stream_position(msg.reply)
             headers = msg.headers or {}
             removed = is_removal(headers.get(KV_OPERATION)) or MARKER_REASON in headers
+            following.revision = max(following.revision, revision)
             on_entry(Entry(msg.subject[len(prefix) :], None if removed else msg.data, revision))
             if pending == 0:
                 following.synced.set()
 
-        following.sub = await patiently(
-            lambda: self.js.subscribe(
-                subjects.kv_subject(self.name, pattern),
-                stream=self.stream,
-                cb=on_msg,
-                ordered_consumer=True,
-                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ),
-            f"following {self.name}",
-        )
+        async def subscribe(after: int) -> JetStreamContext.PushSubscription:
+            return await patiently(
+                lambda: self.js.subscribe(
+                    subjects.kv_subject(self.name, pattern),
+                    stream=self.stream,
+                    cb=on_msg,
+                    ordered_consumer=True,
+                    config=api.ConsumerConfig(
+                        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+                    )
+                    if after
+                    else None,
+                    deliver_policy=None if after else api.DeliverPolicy.LAST_PER_SUBJECT,
+                ),
+                f"following {self.name}",
+            )
+
+        async def resubscribe() -> None:
+            if following.sub is None:
+                return
+            old, following.sub = following.sub, None
+            with contextlib.suppress(*NATS_ERRORS):
+                await old.unsubscribe()
+            following.sub = await subscribe(following.revision)
+
+        following.sub = await subscribe(0)
         info = await patiently(following.sub.consumer_info, f"following {self.name}")
         if info.num_pending == 0 and following.sub.delivered == 0:
             following.synced.set()
+        following.on_reconnect(resubscribe)
         return following
 
 
 class Following:
     """A `Bucket.follow` in progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, nc: NATS) -> None:
         self.synced = asyncio.Event()
         self.sub: Subscription | None = None
+        self.revision = 0  # the last one handed over
+        self._nc = nc
+        self._resubscribe: Callable[[], Awaitable[None]] | None = None
+
+    def on_reconnect(self, resubscribe: Callable[[], Awaitable[None]]) -> None:
+        self._resubscribe = resubscribe
+        on_reconnect(self._nc, resubscribe)
 
     async def stop(self) -> None:
-        if self.sub is not None:
+        if self._resubscribe is not None:
+            off_reconnect(self._nc, self._resubscribe)
+        sub, self.sub = self.sub, None
+        if sub is not None:
             with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
+                await sub.unsubscribe()
 
 
 Change = Callable[[T | None], T | None]
@@ -206,13 +285,15 @@ async def compare_and_set(
     cached: tuple[T, int] | None = None,
     ttl_s: int | None = None,
     on_conflict: Callable[[], None] | None = None,
+    on_read: Callable[[T | None, int], None] | None = None,
 ) -> tuple[T, T | None, int] | None:
     """Apply `change` to the value under `key` by compare-and-set; `(new, old, revision)`, or None
     when `change` decided there is nothing to write.
 
     `change` sees None for an absent key. A lost race re-reads and decides again. A decision made
     on `cached` (a copy that may lag the store, never lead it) is only final on a fresh read: if
-    `change` raises on the cached copy, it is asked again on the stored one.
+    `change` raises on the cached copy, it is asked again on the stored one. `on_read` is told
+    each value read from the store (and its revision), so a caller's copy catches up.
     """
     current: T | None
     for _ in range(CAS_ATTEMPTS):
@@ -225,6 +306,8 @@ async def compare_and_set(
             read = await bucket.read(key)
             current = codec.decode(read.value) if read.value is not None else None
             revision = read.revision
+            if on_read is not None:
+                on_read(current, revision)
         try:
             new = change(current)
         except Exception:

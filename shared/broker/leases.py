@@ -45,6 +45,8 @@ class Leases:
         self.on_death: list[Callable[[str], None]] = []
         self.on_fenced: Callable[[], Awaitable[None]] | None = None
         self._revision = 0
+        self._valid_until = 0.0  # loop time until which this replica's own lease surely holds
+        self._released = False
         self._following: Following | None = None
 
     def key(self, replica_id: str) -> str:
@@ -58,13 +60,21 @@ class Leases:
             await self._following.synced.wait()
 
     async def release(self) -> None:
-        """Drop this replica's lease (its heartbeat is stopped by then): the others see it go at once."""
+        """Drop this replica's lease for good: the others see it go at once."""
+        self._released = True
+        self._valid_until = 0.0
         if self._following is not None:
             await self._following.stop()
         try:
             await self.bucket.delete(self.key(self.replica_id))
         except NATS_ERRORS as err:
             log.info("lease not released: %s", err)
+
+    def valid(self) -> bool:
+        """Whether this replica's own lease surely has not expired: renewed less than `ttl_s` minus a
+        heartbeat ago (counted from when the renewal was sent). A replica paused or cut off longer
+        acts for nobody until a renewal succeeds: its work may belong to another by then."""
+        return asyncio.get_running_loop().time() < self._valid_until
 
     def is_dead(self, replica_id: str) -> bool:
         return replica_id in self.dead
@@ -88,19 +98,27 @@ class Leases:
             await if_dead(replica_id)
 
     async def _take(self) -> None:
+        sent = asyncio.get_running_loop().time()
         body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
         self._revision = await self.bucket.write(self.key(self.replica_id), body, 0, self.ttl_s)
+        self._valid_until = sent + self.ttl_s - self.heartbeat_s
         self._set_live(self.replica_id)
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            if self._released:
+                continue
             body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
+            sent = asyncio.get_running_loop().time()
             try:
                 self._revision = await self.bucket.write(
                     self.key(self.replica_id), body, self._revision, self.ttl_s
                 )
+                self._valid_until = sent + self.ttl_s - self.heartbeat_s
             except WrongRevision:
+                if self._released:
+                    continue
                 log.error("%s lease expired", self.name, extra={"replica_id": self.replica_id})
                 if self.on_fenced is not None:
                     await self.on_fenced()

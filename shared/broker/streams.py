@@ -6,14 +6,20 @@ creates them. No stream captures a core request subject (that would break no-res
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
+import nats.errors
 import nats.js.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from shared.broker.connection import patiently
-from shared.broker.kv import Bucket
+from shared.broker.kv import Bucket, stream_position
 from shared.protocol import subjects
 
 # Records outlive the longest TTL (7 days) so a final state can still be read for a day after.
@@ -39,17 +45,62 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await patiently(ensure, f"stream {config.name}")
 
 
-async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int = 0) -> Bucket:
+async def read_subjects(
+    js: JetStreamContext, stream: str, pattern: str, timeout_s: float = 30.0
+) -> list[str]:
+    """The subjects of the messages `stream` holds under `pattern`, read once (headers only)."""
+    found: list[str] = []
+    done = asyncio.Event()
+
+    async def on_msg(msg: Msg) -> None:
+        found.append(msg.subject)
+        if stream_position(msg.reply)[1] == 0:
+            done.set()
+
+    sub = await js.subscribe(
+        pattern,
+        stream=stream,
+        cb=on_msg,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        headers_only=True,
+    )
+    try:
+        info = await sub.consumer_info()
+        if not (info.num_pending == 0 and sub.delivered == 0):
+            async with asyncio.timeout(timeout_s):
+                await done.wait()
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+    return found
+
+
+async def purge_subject(nc: NATS, stream: str, subject: str) -> None:
+    """Remove every message of `subject` from `stream`, leaving no marker; not waited for (a purge
+    that is lost leaves a message its reader tidies up later)."""
+    await nc.publish(f"$JS.API.STREAM.PURGE.{stream}", orjson.dumps({"filter": subject}))
+
+
+async def ensure_bucket(
+    js: JetStreamContext, config: KeyValueConfig, max_consumers: int = 0, leader_reads: bool = False
+) -> Bucket:
     """Create the bucket, or bring an existing one's limits to `config` (waiting for a broker that
     is not answering yet).
 
     `max_consumers` sets how many consumers its stream may have: nats-server 2.15 allows 1,000 per
     stream unless the stream says otherwise, and a MiniApp gateway holds one per active session.
+    `leader_reads`: single reads go to the stream leader even where direct gets are allowed (then
+    only for `Bucket.read_many`).
     """
-    return await patiently(lambda: _ensure_bucket(js, config, max_consumers), f"bucket {config.bucket}")
+    return await patiently(
+        lambda: _ensure_bucket(js, config, max_consumers, leader_reads), f"bucket {config.bucket}"
+    )
 
 
-async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consumers: int) -> Bucket:
+async def _ensure_bucket(
+    js: JetStreamContext, config: KeyValueConfig, max_consumers: int, leader_reads: bool
+) -> Bucket:
     try:
         kv = await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
@@ -60,13 +111,14 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, max_consu
         "max_msgs_per_subject": config.history,
         "max_age": config.ttl or 0,
         "num_replicas": config.replicas,
+        "allow_direct": bool(config.direct),
         **({"max_consumers": max_consumers} if max_consumers else {}),
     }
     if any((getattr(stream, k) or 0) != (v or 0) for k, v in wanted.items()):
         for k, v in wanted.items():
             setattr(stream, k, v)
         await js.update_stream(stream)
-    return Bucket(js, kv, config.bucket, direct=bool(config.direct))
+    return Bucket(js, kv, config.bucket, direct=bool(config.direct) and not leader_reads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +139,16 @@ def edge_streams(replicas: int) -> tuple[StreamConfig, ...]:
             max_age=RECORD_RETENTION_S,
             num_replicas=replicas,
         ),
+        # The unfinished commands of each partition (subjects.OPEN_STREAM).
+        StreamConfig(
+            name=subjects.OPEN_STREAM,
+            subjects=[subjects.OPEN_ALL],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_msgs_per_subject=1,
+            max_age=RECORD_RETENTION_S,
+            num_replicas=replicas,
+        ),
     )
 
 
@@ -99,6 +161,7 @@ def edge_buckets(replicas: int) -> tuple[KeyValueConfig, KeyValueConfig, KeyValu
             ttl=RECORD_RETENTION_S,
             storage=StorageType.FILE,
             replicas=replicas,
+            direct=True,  # a partition's new owner reads its unfinished records in batches
         ),
         KeyValueConfig(bucket=subjects.AGENTS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas),
         KeyValueConfig(
@@ -117,7 +180,7 @@ async def ensure_edge(js: JetStreamContext, replicas: int) -> EdgeStore:
         await ensure_stream(js, config)
     commands, agents, dispatchers = edge_buckets(replicas)
     return EdgeStore(
-        commands=await ensure_bucket(js, commands),
+        commands=await ensure_bucket(js, commands, leader_reads=True),
         agents=await ensure_bucket(js, agents),
         dispatchers=await ensure_bucket(js, dispatchers),
     )
@@ -127,7 +190,8 @@ async def ensure_edge_gateway(js: JetStreamContext, replicas: int) -> Bucket:
     """What an edge gateway writes (the agents bucket, the stored-acks stream), and nothing more:
     its NATS user may create only these."""
     for config in edge_streams(replicas):
-        await ensure_stream(js, config)
+        if config.name == subjects.ACKS_STREAM:
+            await ensure_stream(js, config)
     return await ensure_bucket(js, edge_buckets(replicas)[1])
 
 

@@ -1,8 +1,8 @@
 """Edge agent records and events: written by the edge gateway, read by the dispatcher.
 
-The agents bucket holds three small records per agent, each written by one party:
-`presence.<id>` (the gateway holding the socket; fenced by `epoch`), `status.<id>` (last status
-frame) and `sync.<id>` (last `/edge/sync` poll).
+The agents bucket holds three small records per agent, each written by one party, under
+`subjects.agent_key` (`<kind>.<partition>.<id>`): `presence` (the gateway holding the socket;
+fenced by `epoch`), `status` (last status frame) and `sync` (last `/edge/sync` poll).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter
 
 
 class AgentPresence(BaseModel):
-    """`presence.<id>`: the agent's live socket. Each new socket writes it without reading it first;
+    """`presence`: the agent's live socket. Each new socket writes it without reading it first;
     the revision of that write is the socket's epoch, so a newer socket has a higher epoch and a
     gateway releasing an older one (a compare-and-set on its revision) cannot undo a newer claim."""
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from shared.protocol import subjects
 
 INBOX = "_INBOX.>"
+PURGED = (subjects.OPEN_STREAM,)  # streams whose messages a service removes one subject at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ def jetstream(streams: tuple[str, ...], buckets: tuple[str, ...] = ()) -> tuple[
     write to the buckets, consume (durable pull, ordered push) and acknowledge."""
     names = (*streams, *(f"KV_{bucket}" for bucket in buckets))
     grants = ["$JS.API.INFO"]
+    grants += [f"$JS.API.STREAM.PURGE.{stream}" for stream in streams if stream in PURGED]
     for name in names:
         grants += [
             f"$JS.API.STREAM.CREATE.{name}",
@@ -52,8 +54,10 @@ COMMAND_DISPATCHER = Permissions(
     publish=(
         subjects.LIFECYCLE_ALL,
         subjects.deliver("*"),
+        subjects.PARTITION_ALL,
+        subjects.OPEN_ALL,
         *jetstream(
-            (subjects.ACKS_STREAM,),
+            (subjects.ACKS_STREAM, subjects.OPEN_STREAM),
             (subjects.COMMANDS_BUCKET, subjects.AGENTS_BUCKET, subjects.DISPATCHERS_BUCKET),
         ),
     ),
@@ -64,14 +68,14 @@ COMMAND_DISPATCHER = Permissions(
         subjects.AGENTS_GET,
         subjects.AGENTS_PULL,
         subjects.ACKS_SUBMIT,
+        subjects.PARTITION_ALL,
         INBOX,
     ),
 )
 
 EDGE_GATEWAY = Permissions(
     publish=(
-        subjects.ACKS_SUBMIT,
-        subjects.AGENTS_PULL,
+        *(subjects.partition_api("*", op) for op in ("pull", "acks")),
         subjects.ACKS_STORED,
         subjects.PRESENCE_ALL,
         subjects.status("*"),

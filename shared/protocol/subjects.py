@@ -6,6 +6,7 @@ Any id a client sends is checked with `is_token` before it is put into a subject
 from __future__ import annotations
 
 import re
+import zlib
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -25,6 +26,26 @@ AGENTS_PULL = "edge.agents.pull"
 # Gateway -> dispatcher: one command_ack from an agent.
 ACKS_SUBMIT = "edge.acks.submit"
 DISPATCHER_QUEUE_GROUP = "command_dispatcher"
+
+# --- Edge: partitions of the command path ---
+# Each agent's commands belong to one of a fixed number of partitions (a hash of its id); each
+# partition is owned by one live dispatcher replica at a time, which alone handles its submits,
+# deliveries, acks and timers. Changing the number re-homes every agent: it is fixed for good.
+PARTITIONS = 64
+
+
+def partition_of(edge_agent_id: str) -> int:
+    return zlib.crc32(edge_agent_id.encode()) % PARTITIONS
+
+
+# Requests for one partition, answered by its owner only: `op` is submit, cancel, agent, pull or acks.
+PARTITION_OPS = ("submit", "cancel", "agent", "pull", "acks")
+PARTITION_ALL = "edge.partition.*.*"
+
+
+def partition_api(partition: int | str, op: str) -> str:
+    return f"edge.partition.{partition}.{op}"
+
 
 # --- Edge: events ---
 LIFECYCLE_ALL = "edge.lifecycle.>"
@@ -63,7 +84,7 @@ def deliver(gateway_id: str) -> str:
 
 # --- Edge: JetStream ---
 COMMANDS_BUCKET = "EDGE_COMMANDS"  # command records, keyed by command_id
-AGENTS_BUCKET = "EDGE_AGENTS"  # presence/status/sync records, keyed "<kind>.<edge_agent_id>"
+AGENTS_BUCKET = "EDGE_AGENTS"  # presence/status/sync records, keyed by `agent_key`
 # Dispatcher replica leases "d.<replica_id>" (per-message TTL): who runs which agent's timers.
 DISPATCHERS_BUCKET = "EDGE_DISPATCHERS"
 DISPATCHER_LEASE_PREFIX = "d"
@@ -71,10 +92,28 @@ ACKS_STREAM = "EDGE_ACKS"  # acks the gateway could not hand over directly
 ACKS_CONSUMER = "command_dispatcher_acks"
 ACKS_ALL = "edge.acked.*"
 ACKS_STORED = "edge.acked.batch"  # a batch no dispatcher could take, stored for one to apply
+# The unfinished commands of each partition, one empty message "edge.open.<partition>.<command_id>"
+# each, purged when the command finishes: a partition's new owner reads only these, never the
+# finished records the commands bucket keeps for days.
+OPEN_STREAM = "EDGE_OPEN"
+OPEN_ALL = "edge.open.>"
+
+
+def open_entry(partition: int, command_id: str) -> str:
+    return f"edge.open.{partition}.{command_id}"
+
+
+def open_of_partition(partition: int) -> str:
+    return f"edge.open.{partition}.*"
 
 
 def agent_key(kind: str, edge_agent_id: str) -> str:
-    return f"{kind}.{edge_agent_id}"
+    """`<kind>.<partition>.<edge_agent_id>`: a partition's owner follows only its own agents."""
+    return f"{kind}.{partition_of(edge_agent_id)}.{edge_agent_id}"
+
+
+def agent_keys_of_partition(kind: str, partition: int) -> str:
+    return f"{kind}.{partition}.*"
 
 
 # --- MiniApp ---

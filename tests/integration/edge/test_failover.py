@@ -9,6 +9,7 @@ from pathlib import Path
 import nats
 
 from services.command_dispatcher.app import DISPATCHER
+from shared.protocol import subjects
 from tests.harness.edge import edge_socket, make_token, submit_ok
 from tests.harness.proc import NatsServer, wait_until
 from tests.integration import apps
@@ -23,9 +24,12 @@ async def test_the_timers_of_a_dead_replicas_agents_fire_on_another_within_15_s(
     gateway = await apps.edge_gateway(broker.url)
     nc = await nats.connect(broker.url)
     try:
-        memberships = [r.app[DISPATCHER].membership for r in replicas]
-        await wait_until(lambda: all(len(m.leases.live) == 2 for m in memberships), 10, what="two replicas")
-        owner = next(r for r, m in zip(replicas, memberships, strict=True) if m.owns(agent))
+        owners = [r.app[DISPATCHER].ownership for r in replicas]
+        partition = subjects.partition_of(agent)
+        await wait_until(
+            lambda: sum(partition in o.held for o in owners) == 1, 10, what="the agent's partition owned"
+        )
+        owner = next(r for r, o in zip(replicas, owners, strict=True) if partition in o.held)
         async with edge_socket(gateway.ws, agent, token=make_token(agent, secret=apps.EDGE_SECRET)) as ws:
             cid = await submit_ok(nc, agent)
             assert (await ws.expect("command"))["command_id"] == cid
@@ -51,7 +55,7 @@ async def test_a_replica_whose_own_lease_expired_agrees_with_the_others_on_who_i
     broker.start()
     replicas = [await apps.dispatcher(broker.url), await apps.dispatcher(broker.url)]
     try:
-        leases = [r.app[DISPATCHER].membership.leases for r in replicas]
+        leases = [r.app[DISPATCHER].ownership.leases for r in replicas]
         await wait_until(lambda: all(len(lease.live) == 2 for lease in leases), 10, what="two replicas")
         fenced = leases[0].replica_id
         # Its lease is gone (as when it expires during a network pause): the replica sees its own
