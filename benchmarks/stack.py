@@ -51,6 +51,8 @@ class Sizes:
     miniapp_session_size: int
     storm_agents: int
     storm_agent_procs: int
+    history_records: tuple[int, ...]  # finished records a dispatcher starts over
+    unfinished_records: int
 
 
 QUICK = Sizes(
@@ -69,6 +71,8 @@ QUICK = Sizes(
     miniapp_session_size=20,
     storm_agents=300,
     storm_agent_procs=2,
+    history_records=(100_000,),
+    unfinished_records=20_000,
 )
 FULL = Sizes(
     name="full",
@@ -86,6 +90,8 @@ FULL = Sizes(
     miniapp_session_size=20,
     storm_agents=2_000,
     storm_agent_procs=2,
+    history_records=(500_000, 2_000_000),
+    unfinished_records=100_000,
 )
 
 

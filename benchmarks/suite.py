@@ -28,7 +28,7 @@ import orjson
 from . import report
 from .control import raise_fd_limit
 from .report import ScenarioResult
-from .scenarios import capacity, edge_path, fanout, storm
+from .scenarios import capacity, edge_path, fanout, scaleout, storm
 from .stack import ROOT, Bench, Sizes
 
 Scenario = Callable[[Bench], Awaitable[ScenarioResult]]
@@ -38,9 +38,16 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "fanout": ("2. MiniApp fan-out", fanout.run),
     "capacity": ("3. Capacity", capacity.run),
     "storm": ("4. Reconnect storm", storm.run),
+    "scaleout": ("5. Dispatcher scale-out", scaleout.run),
 }
 # Bounds on a whole scenario (quick, full), far above a healthy run's length.
-BUDGET_S = {"edge": (300, 1200), "fanout": (180, 400), "capacity": (240, 600), "storm": (180, 500)}
+BUDGET_S = {
+    "edge": (300, 1200),
+    "fanout": (180, 400),
+    "capacity": (240, 600),
+    "storm": (180, 500),
+    "scaleout": (300, 1500),
+}
 
 
 def machine() -> dict[str, Any]:

@@ -30,6 +30,8 @@ from .stack import Service, Stack
 DISPATCHER_DOWN_S = 1.0
 GATEWAY_DOWN_S = 2.0
 NATS_DOWN_S = 3.0
+# How long the dispatcher tier runs at each size while it is scaled (1 -> 4 -> 2) under load.
+SCALE_STEP_S = 5.0
 NATS_PAUSE_S = 5.0
 NATS_RECOVER_S = 60.0
 REJOIN_BOUND_S = 30.0
@@ -89,7 +91,9 @@ class Faults:
             ("sigkill_busiest_edge_gateway", 0.20, self.kill_busiest_edge),
             ("sigkill_busiest_miniapp_gateway", 0.35, self.kill_busiest_miniapp),
             ("sigterm_rolling_restart", 0.50, self.rolling_restart),
+            ("sigterm_dispatcher", 0.62, self.sigterm_dispatcher),
             ("sigkill_dispatcher", 0.75, lambda f: self.kill_dispatcher(f, 1)),
+            ("scale_dispatchers_1_4_2", 0.85, self.scale_dispatchers),
         ]
         broker: list[Step] = [
             ("sigkill_nats_node", 0.12, lambda f: self.kill_node(f, leader=False)),
@@ -142,6 +146,41 @@ class Faults:
             service.child.kill()
             await asyncio.sleep(DISPATCHER_DOWN_S)
             entry.details["ready_after_restart_s"] = round(await service.restart(), 2)
+
+    async def sigterm_dispatcher(self, entry: FaultLog) -> None:
+        """A graceful stop of one dispatcher (its partitions handed over at once), then its return."""
+        service = self.stack.dispatchers[0]
+        entry.target = service.name
+        with held(service):
+            await self._terminate(service, entry.details)
+            entry.details["ready_after_restart_s"] = round(await service.restart(), 2)
+
+    async def scale_dispatchers(self, entry: FaultLog) -> None:
+        """Scale the dispatchers under load from one to four (the spares join), then down to two,
+        each step by SIGTERM or a new replica as an autoscaler would."""
+        entry.target = "the dispatchers"
+        others = self.stack.dispatchers[1:]
+        running = [s for s in others if s.child.running]
+        for service in running:
+            service.held = True
+            await self._terminate(service, entry.details.setdefault("down_to_1", {}))
+        await asyncio.sleep(SCALE_STEP_S)
+        up = entry.details.setdefault("up_to_4", {})
+        for service in others:
+            up[service.name] = round(await service.restart(), 2)
+            service.held = False
+        await asyncio.sleep(SCALE_STEP_S)
+        for service in others[self.stack.replicas - 1 :]:
+            service.held = True  # parked again
+            await self._terminate(service, entry.details.setdefault("down_to_2", {}))
+
+    async def _terminate(self, service: Service, details: dict[str, Any]) -> None:
+        began = time.monotonic()
+        code = await service.terminate()
+        details[service.name] = {"exit_code": code, "exit_s": round(time.monotonic() - began, 2)}
+        if code is None:
+            service.child.kill()
+            raise SoakError(f"{service.name} did not exit within its shutdown grace after SIGTERM")
 
     async def kill_busiest_edge(self, entry: FaultLog) -> None:
         counts = [await s.gauge("ikiro_edge_sockets_open") or 0.0 for s in self.stack.edges]

@@ -46,6 +46,8 @@ _SERVICE_VARS = re.compile(
 )
 
 KINDS = ("command_dispatcher", "edge_gateway", "miniapp_gateway")
+# Dispatchers beyond the running ones, parked until a fault scales the tier up to them.
+SPARE_DISPATCHERS = 2
 SHORT = {"command_dispatcher": "dispatcher", "edge_gateway": "edge", "miniapp_gateway": "miniapp"}
 
 
@@ -170,9 +172,11 @@ class Stack:
         }
         self.services: dict[str, list[Service]] = {}
         self.exits: list[dict[str, Any]] = []  # replicas that exited without a fault: crashes
+        self.replicas = replicas
         for kind in KINDS:
             self.services[kind] = []
-            for index in range(1, replicas + 1):
+            spares = SPARE_DISPATCHERS if kind == "command_dispatcher" else 0
+            for index in range(1, replicas + spares + 1):
                 port = free_port()
                 env = {**base, **extra[kind], "PORT": str(port)}
                 argv = [self.python, "-m", f"services.{kind}"]
@@ -197,8 +201,11 @@ class Stack:
         return [s for kind in KINDS for s in self.services[kind]]
 
     async def start(self) -> None:
-        """Dispatchers first (they create the streams and buckets), then the gateways."""
-        for group in (self.dispatchers, self.edges + self.miniapps):
+        """Dispatchers first (they create the streams and buckets), then the gateways; the spare
+        dispatchers stay parked (held, never started)."""
+        for spare in self.dispatchers[self.replicas :]:
+            spare.held = True
+        for group in (self.dispatchers[: self.replicas], self.edges + self.miniapps):
             await asyncio.gather(*(service.restart() for service in group))
 
     def note_exit(self, service: Service, why: str) -> None:

@@ -66,7 +66,7 @@ class Dispatcher:
         store = CommandStore(self.nc, edge.commands, self.view, self.metrics)
         self.store = store
         self.delivery = Delivery(self.nc, store, self.view, edge.agents, timing, self.metrics, spawn)
-        self.ownership = Ownership(edge.dispatchers, self.tasks, self)
+        self.ownership = Ownership(self.nc, edge.dispatchers, self.tasks, self)
         self.timers = Timers(self.view, store, self.delivery, self.ownership, timing)
         self.handlers = Handlers(
             self.nc,

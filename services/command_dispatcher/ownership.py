@@ -12,9 +12,15 @@ every record write is a compare-and-set, so one paused past its lease cannot und
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from typing import Protocol
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from shared.broker.connection import NATS_ERRORS
 from shared.broker.kv import Bucket
@@ -25,9 +31,12 @@ from shared.runtime.tasks import TaskOwner
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
-LEASE_TTL_S = 3
+# Long enough to ride out a JetStream leader election (some 4 s) without giving up the partitions;
+# a dead replica's partitions move after this, plus their reading.
+LEASE_TTL_S = 5
 # How long a partition's new owner waits for a live old owner to let it go (one lease TTL: an old
-# owner that has not seen the change by then has a lapsed lease, and acts for nobody).
+# owner that has not seen the change by then has a lapsed lease, and acts for nobody). The old
+# owner says when it has let go (`subjects.DISPATCHER_HANDOFF`): then the wait ends at once.
 HANDOFF_S = float(LEASE_TTL_S)
 RETRY_S = 1.0
 
@@ -52,7 +61,9 @@ def owner_of(partition: int, live: set[str]) -> str | None:
 
 
 class Ownership:
-    def __init__(self, bucket: Bucket, owner: TaskOwner, partitions: Partitions) -> None:
+    def __init__(self, nc: NATS, bucket: Bucket, owner: TaskOwner, partitions: Partitions) -> None:
+        self.nc = nc
+        self._handoff: Subscription | None = None
         self._changed = asyncio.Event()
         self.leases = Leases(
             bucket, owner, "ownership", subjects.DISPATCHER_LEASE_PREFIX, HEARTBEAT_S, LEASE_TTL_S
@@ -64,6 +75,7 @@ class Ownership:
         self.held: set[int] = set()
         self._owners: dict[int, str | None] = {}  # each partition's owner, as last computed
         self._eligible: dict[int, float] = {}  # partitions won, and from when they may be taken
+        self._let_go: dict[int, float] = {}  # when another replica last said it let a partition go
         self._stopped = False
 
     def active(self, partition: int) -> bool:
@@ -72,6 +84,7 @@ class Ownership:
 
     async def start(self) -> None:
         """Take the lease, then the partitions no live replica holds; the rest follow in `run`."""
+        self._handoff = await self.nc.subscribe(subjects.DISPATCHER_HANDOFF, cb=self._on_handoff)
         await self.leases.start()
         await self._reconcile()
         self.owner.keep("ownership", self.run)
@@ -81,9 +94,15 @@ class Ownership:
         if self._stopped:
             return
         self._stopped = True
-        for partition in sorted(self.held):
+        if self._handoff is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._handoff.unsubscribe()
+        released = sorted(self.held)
+        for partition in released:
             await self._release(partition)
         await self.leases.release()
+        with contextlib.suppress(*NATS_ERRORS):
+            await self.nc.publish(subjects.DISPATCHER_HANDOFF, orjson.dumps(released))
 
     async def run(self) -> None:
         while True:
@@ -127,11 +146,17 @@ class Ownership:
             self._owners[partition] = winner
             if winner == me:
                 handing_over = before is not None and before != me and before in live
+                if self._let_go.get(partition, -HANDOFF_S) > now - HANDOFF_S:
+                    handing_over = False  # its old owner said it let go just now
                 self._eligible.setdefault(partition, now + HANDOFF_S if handing_over else now)
             else:
                 self._eligible.pop(partition, None)
-        for partition in sorted(self.held - {p for p, o in self._owners.items() if o == me}):
+        lost = sorted(self.held - {p for p, o in self._owners.items() if o == me})
+        for partition in lost:
             await self._release(partition)
+        if lost:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self.nc.publish(subjects.DISPATCHER_HANDOFF, orjson.dumps(lost))
         due = [p for p, at in self._eligible.items() if at <= now]
         if due and self.leases.valid():
             results = await asyncio.gather(*(self._acquire(p) for p in due), return_exceptions=True)
@@ -144,6 +169,23 @@ class Ownership:
                 self._eligible[partition] = now + RETRY_S
         waits = [at - loop.time() for at in self._eligible.values()]
         return max(min(waits), 0.0) if waits else None
+
+    async def _on_handoff(self, msg: Msg) -> None:
+        """Another replica let partitions go: those this one waits for may be taken now."""
+        try:
+            released = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(released, list):
+            return
+        now = asyncio.get_running_loop().time()
+        for partition in released:
+            if not isinstance(partition, int):
+                continue
+            self._let_go[partition] = now  # it may come before this replica knows it won the partition
+            if partition in self._eligible:
+                self._eligible[partition] = min(self._eligible[partition], now)
+                self._changed.set()
 
     async def _acquire(self, partition: int) -> None:
         try:

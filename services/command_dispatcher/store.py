@@ -60,19 +60,22 @@ class CommandStore:
             return_exceptions=True,
         )
         if isinstance(created, WrongRevision):
-            existing = await self._read_taken(record.command_id)
+            existing, revision = await self._read_taken(record.command_id)
             if existing.state in TERMINAL or subjects.partition_of(existing.edge_agent_id) != partition:
                 await purge_subject(self.nc, subjects.OPEN_STREAM, entry)  # it notes nothing
-            elif isinstance(opened, BaseException):
-                await self._open(entry)  # the submit that created it may have failed to
+                return existing
+            # The submit that created it may have failed half way: make sure it is noted and known.
+            if isinstance(opened, BaseException):
+                await self._open(entry)
+            self.view.learn(existing, revision)
             return existing
         if isinstance(created, BaseException):
             if not isinstance(opened, BaseException):
                 await purge_subject(self.nc, subjects.OPEN_STREAM, entry)
             raise created
-        if isinstance(opened, BaseException):
-            await self._open(entry)
         await self._changed(None, record, created)
+        if isinstance(opened, BaseException):
+            await self._open(entry)  # if it fails, the caller's retry with the same id writes it
         return None
 
     async def _open(self, entry: str) -> None:
@@ -84,19 +87,17 @@ class CommandStore:
 
         await patiently(write, f"index entry {entry}", OPEN_WRITE_PATIENCE_S)
 
-    async def _read_taken(self, command_id: str) -> Record:
-        """The record whose `create` just refused this id. Not finding it is no proof it is absent:
-        in a cluster the read may reach a store that has not caught up yet (a leader change). A
-        caller told `not_found` would submit under a new id and the message would go out twice, so
-        ask again and, failing that, answer `unavailable`: the caller retries with the same id."""
-        existing = await self.read(command_id)
-        for delay_s in TAKEN_READ_RETRIES_S:
-            if existing is not None:
-                return existing
+    async def _read_taken(self, command_id: str) -> tuple[Record, int]:
+        """The record whose `create` just refused this id, with its revision. Not finding it is no
+        proof it is absent: in a cluster the read may reach a store that has not caught up yet (a
+        leader change). A caller told `not_found` would submit under a new id and the message would
+        go out twice, so ask again and, failing that, answer `unavailable`: the caller retries with
+        the same id."""
+        for delay_s in (0.0, *TAKEN_READ_RETRIES_S):
             await asyncio.sleep(delay_s)
-            existing = await self.read(command_id)
-        if existing is not None:
-            return existing
+            found = await self.bucket.read(command_id, fresh=True)
+            if found.value is not None:
+                return RecordCodec.decode(found.value), found.revision
         raise Unavailable(f"command {command_id} is being stored; submit it again with the same id")
 
     async def transition(self, command_id: str, change: Change) -> Record | None:

@@ -22,6 +22,7 @@ from shared.runtime.tasks import TaskOwner
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_S = 10.0
+VALIDITY_MARGIN_S = 0.5
 
 
 def new_id() -> str:
@@ -71,9 +72,9 @@ class Leases:
             log.info("lease not released: %s", err)
 
     def valid(self) -> bool:
-        """Whether this replica's own lease surely has not expired: renewed less than `ttl_s` minus a
-        heartbeat ago (counted from when the renewal was sent). A replica paused or cut off longer
-        acts for nobody until a renewal succeeds: its work may belong to another by then."""
+        """Whether this replica's own lease surely has not expired: renewed less than `ttl_s` (less a
+        margin) ago, counted from when the renewal was sent (the server counts from later). A replica
+        paused or cut off longer acts for nobody until a renewal succeeds: its work may be another's."""
         return asyncio.get_running_loop().time() < self._valid_until
 
     def is_dead(self, replica_id: str) -> bool:
@@ -101,7 +102,7 @@ class Leases:
         sent = asyncio.get_running_loop().time()
         body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
         self._revision = await self.bucket.write(self.key(self.replica_id), body, 0, self.ttl_s)
-        self._valid_until = sent + self.ttl_s - self.heartbeat_s
+        self._valid_until = sent + self.ttl_s - VALIDITY_MARGIN_S
         self._set_live(self.replica_id)
 
     async def _heartbeat(self) -> None:
@@ -115,7 +116,7 @@ class Leases:
                 self._revision = await self.bucket.write(
                     self.key(self.replica_id), body, self._revision, self.ttl_s
                 )
-                self._valid_until = sent + self.ttl_s - self.heartbeat_s
+                self._valid_until = sent + self.ttl_s - VALIDITY_MARGIN_S
             except WrongRevision:
                 if self._released:
                     continue

@@ -55,6 +55,7 @@ COMMAND_DISPATCHER = Permissions(
         subjects.LIFECYCLE_ALL,
         subjects.deliver("*"),
         subjects.PARTITION_ALL,
+        subjects.DISPATCHER_HANDOFF,
         subjects.OPEN_ALL,
         *jetstream(
             (subjects.ACKS_STREAM, subjects.OPEN_STREAM),
@@ -69,6 +70,7 @@ COMMAND_DISPATCHER = Permissions(
         subjects.AGENTS_PULL,
         subjects.ACKS_SUBMIT,
         subjects.PARTITION_ALL,
+        subjects.DISPATCHER_HANDOFF,
         INBOX,
     ),
 )

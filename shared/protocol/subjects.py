@@ -38,6 +38,9 @@ def partition_of(edge_agent_id: str) -> int:
     return zlib.crc32(edge_agent_id.encode()) % PARTITIONS
 
 
+# A replica that let partitions go says so here, so their new owner need not wait out a lease TTL.
+DISPATCHER_HANDOFF = "edge.dispatchers.handoff"
+
 # Requests for one partition, answered by its owner only: `op` is submit, cancel, agent, pull or acks.
 PARTITION_OPS = ("submit", "cancel", "agent", "pull", "acks")
 PARTITION_ALL = "edge.partition.*.*"
