@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from nats.aio.client import Client as NATS
 from pydantic import TypeAdapter
 
@@ -119,31 +118,34 @@ class Handlers:
         return {subjects.partition_api(partition, op): serving(op) for op in self.ops}
 
     async def serve(self, partition: int, op: str, data: bytes) -> dict[str, Any]:
-        """Handle a request of a partition this replica owns."""
+        """Handle a request of a partition this replica owns (handed over by another replica)."""
         if not self.ownership.active(partition):
             raise Unavailable("this replica no longer owns that agent's commands, try again")
         adapter, handler = self.ops[op]
+        return await handler(self._parse(op, adapter, data))
+
+    def _parse(self, op: str, adapter: TypeAdapter[Any], data: bytes) -> Any:
         try:
-            req = parse_request(adapter, data)
+            return parse_request(adapter, data)
         except IkiroError as err:
             if op == "submit":
                 self.metrics.submitted.labels(command_type=_type_label(data), result=str(err.code)).inc()
             raise
-        return await handler(req)
 
-    async def route(self, partition: int, op: str, data: bytes) -> dict[str, Any]:
-        """Handle here when this replica owns the partition, else hand it to the owner."""
+    async def route(self, partition: int, op: str, data: bytes, req: Any = None) -> dict[str, Any]:
+        """Handle here when this replica owns the partition (`req`: `data` parsed already), else hand
+        it to the owner."""
         if self.ownership.active(partition):
-            return await self.serve(partition, op, data)
+            adapter, handler = self.ops[op]
+            return await handler(req if req is not None else self._parse(op, adapter, data))
         return await request_owner(self.nc, subjects.partition_api(partition, op), data)
 
     def _by_agent(self, op: str) -> Handler:
+        adapter = self.ops[op][0]
+
         async def handle(data: bytes) -> dict[str, Any]:
-            agent = _agent_of(data)
-            if agent is None:  # unusable: parsed here, for the error it deserves
-                parse_request(self.ops[op][0], data)
-                agent = _agent_of(data) or ""
-            return await self.route(subjects.partition_of(agent), op, data)
+            req = self._parse(op, adapter, data)  # an unusable request is answered here
+            return await self.route(subjects.partition_of(req.edge_agent_id), op, data, req)
 
         return handle
 
@@ -155,19 +157,44 @@ class Handlers:
         return await self.route(subjects.partition_of(record.edge_agent_id), "cancel", data)
 
     async def route_acks(self, data: bytes) -> dict[str, Any]:
-        """Acks of any agents (a gateway of an earlier version, or the stored acks): each partition's
-        to its owner."""
+        """Acks of any agents: those of this replica's partitions applied here, the others handed to
+        their owners, one request per owner (a batch spans many partitions)."""
         batch = parse_request(ACK_BATCH, data)
-        by_partition: dict[int, list[AgentAck]] = {}
+        mine: list[AgentAck] = []
+        by_owner: dict[str | None, dict[int, list[AgentAck]]] = {}
         for item in batch.acks:
-            by_partition.setdefault(subjects.partition_of(item.edge_agent_id), []).append(item)
+            partition = subjects.partition_of(item.edge_agent_id)
+            if self.ownership.active(partition):
+                mine.append(item)
+            else:
+                owner = self.ownership.owner_of(partition)
+                by_owner.setdefault(owner, {}).setdefault(partition, []).append(item)
+        if not by_owner:
+            return await self.handle_acks(batch)  # all of them this replica's: the usual case of one
         await asyncio.gather(
-            *(
-                self.route(partition, "acks", codec.dumps(AckBatch(acks=acks)))
-                for partition, acks in by_partition.items()
-            )
+            *([self.handle_acks(AckBatch.model_construct(acks=mine))] if mine else []),
+            *(self._hand_acks(partitions) for partitions in by_owner.values()),
         )
         return {}
+
+    async def _hand_acks(self, partitions: dict[int, list[AgentAck]]) -> None:
+        """Acks of partitions one other replica owns, to it in one request (on the subject of one of
+        them: the owner applies them all); partition by partition if it no longer owns that one."""
+        first = next(iter(partitions))
+        acks = [item for group in partitions.values() for item in group]
+        try:
+            await request_owner(
+                self.nc, subjects.partition_api(first, "acks"), codec.dumps(AckBatch(acks=acks))
+            )
+        except Unavailable:
+            if len(partitions) == 1:
+                raise
+            await asyncio.gather(
+                *(
+                    self.route(partition, "acks", codec.dumps(AckBatch(acks=group)))
+                    for partition, group in partitions.items()
+                )
+            )
 
     # --- handlers ---
 
@@ -310,17 +337,6 @@ class Handlers:
                     outcome,
                     extra={"command_id": command_id, "edge_agent_id": item.edge_agent_id},
                 )
-
-
-def _agent_of(data: bytes) -> str | None:
-    """The request's `edge_agent_id` when it is a usable one, read without validating the rest
-    (the owner does that)."""
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    agent = body.get("edge_agent_id") if isinstance(body, dict) else None
-    return agent if subjects.is_token(agent) else None
 
 
 def _type_label(data: bytes) -> str:

@@ -78,6 +78,10 @@ class Ownership:
         self._let_go: dict[int, float] = {}  # when another replica last said it let a partition go
         self._stopped = False
 
+    def owner_of(self, partition: int) -> str | None:
+        """The replica this one believes owns `partition` (a hint: ownership may be moving)."""
+        return self._owners.get(partition)
+
     def active(self, partition: int) -> bool:
         """Whether this replica serves `partition` now."""
         return partition in self.held and self.leases.valid()

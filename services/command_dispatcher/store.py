@@ -15,9 +15,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 
-from shared.broker.connection import patiently
+from shared.broker.connection import REQUEST_TIMEOUT_S, Requests, patiently
 from shared.broker.kv import Bucket, WrongRevision, compare_and_set
 from shared.broker.streams import purge_subject, read_subjects
 from shared.protocol import subjects
@@ -56,7 +58,7 @@ class CommandStore:
         entry = subjects.open_entry(partition, record.command_id)
         created, opened = await asyncio.gather(
             self.bucket.write(record.command_id, RecordCodec.encode(record), 0),
-            self.js.publish(entry, b""),
+            self._publish_entry(entry),
             return_exceptions=True,
         )
         if isinstance(created, WrongRevision):
@@ -82,10 +84,15 @@ class CommandStore:
         """Write an index entry that a first try did not; without it, a new owner of the partition
         would never learn of the command."""
 
-        async def write() -> None:
-            await self.js.publish(entry, b"")
+        await patiently(lambda: self._publish_entry(entry), f"index entry {entry}", OPEN_WRITE_PATIENCE_S)
 
-        await patiently(write, f"index entry {entry}", OPEN_WRITE_PATIENCE_S)
+    async def _publish_entry(self, entry: str) -> None:
+        """An index entry, stored by the stream, on the lean request path (`Requests`: nats-py's
+        publish pays a NUID, a token and a `wait_for` per call; a failure here is retried)."""
+        reply = await Requests.of(self.nc).ask(entry, b"", REQUEST_TIMEOUT_S)
+        ack = orjson.loads(reply.data) if reply.data else {}
+        if not isinstance(ack, dict) or "error" in ack:
+            raise nats.js.errors.APIError(description=f"index entry not stored: {reply.data!r}")
 
     async def _read_taken(self, command_id: str) -> tuple[Record, int]:
         """The record whose `create` just refused this id, with its revision. Not finding it is no

@@ -1,9 +1,8 @@
 """What the gateway tells the rest of the system about an agent: acks, status, events, presence.
 
-Acks go to the dispatchers owning their agents' partitions, in batches gathered across the
-gateway's sockets, one batch in flight per lane, so each agent's acks keep their order while no
-reader ever waits on a round trip; acks no owner takes in time are stored in JetStream for a
-dispatcher to apply later, so none is lost.
+Acks go to a dispatcher in batches gathered across the gateway's sockets, one batch in flight per
+lane, so each agent's acks keep their order while no reader ever waits on a round trip; when no
+dispatcher can be reached a batch is stored in JetStream for one to apply later, so none is lost.
 """
 
 from __future__ import annotations
@@ -101,20 +100,12 @@ class Upstream:
         await self._acks_settled.wait()
 
     async def acks(self, acks: list[AgentAck]) -> None:
-        """Hand acks to the dispatchers owning their agents' partitions; those no owner takes in
-        time, or could not apply, are stored in JetStream for a dispatcher to apply later (applying
-        an ack twice changes nothing)."""
-        by_partition: dict[int, list[AgentAck]] = {}
-        for ack in acks:
-            by_partition.setdefault(subjects.partition_of(ack.edge_agent_id), []).append(ack)
-        await asyncio.gather(*(self._hand_over(p, part) for p, part in by_partition.items()))
-
-    async def _hand_over(self, partition: int, acks: list[AgentAck]) -> None:
+        """Hand acks to a dispatcher (which passes each partition's to its owner); when none answers
+        in time, or one could not apply them, store them in JetStream for a dispatcher to apply
+        later (applying an ack twice changes nothing)."""
         body = codec.dumps(AckBatch(acks=acks))
         try:
-            await request(
-                self.nc, subjects.partition_api(partition, "acks"), body, min(self.timeout_s, ACK_TIMEOUT_S)
-            )
+            await request(self.nc, subjects.ACKS_SUBMIT, body, min(self.timeout_s, ACK_TIMEOUT_S))
         except IkiroError as err:
             if err.code not in (ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL_ERROR):
                 raise

@@ -77,7 +77,8 @@ COMMAND_DISPATCHER = Permissions(
 
 EDGE_GATEWAY = Permissions(
     publish=(
-        *(subjects.partition_api("*", op) for op in ("pull", "acks")),
+        subjects.ACKS_SUBMIT,
+        subjects.partition_api("*", "pull"),
         subjects.ACKS_STORED,
         subjects.PRESENCE_ALL,
         subjects.status("*"),

@@ -54,7 +54,7 @@ async def alone(tmp_path: Path) -> AsyncIterator[tuple[apps.RunningApp, NATS, He
         await msg.respond(b'{"ok": true, "commands": []}')
 
     await nc.subscribe(subjects.partition_api("*", "pull"), cb=no_commands)
-    await nc.subscribe(subjects.partition_api("*", "acks"), cb=acks.on_batch)
+    await nc.subscribe(subjects.ACKS_SUBMIT, cb=acks.on_batch)
     gateway = await apps.edge_gateway(broker.url, upstream_timeout_s=30)
     try:
         yield gateway, nc, acks
