@@ -139,7 +139,7 @@ class CommandStore:
         """The unfinished records of `partition` as stored, from its index; entries of commands that
         finished (or were never stored) are purged on the way."""
         prefix = subjects.open_of_partition(partition)[:-1]
-        names = await read_subjects(self.js, subjects.OPEN_STREAM, subjects.open_of_partition(partition))
+        names = await read_subjects(self.nc, subjects.OPEN_STREAM, subjects.open_of_partition(partition))
         ids = [name[len(prefix) :] for name in names]
         found = await self.bucket.read_many(ids)
         # A batch may be answered by a replica a moment behind: what it lacks is asked of the leader.

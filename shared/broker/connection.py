@@ -50,6 +50,31 @@ STATUS = Header.STATUS.value
 NO_RESPONDERS = "503"  # the status of the reply nats-server sends when no one listens
 
 
+_NATS_PARSE_HEADER_LINES = NATS._parse_header_lines
+
+
+def parse_header_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's `Client._parse_header_lines`, result for result, without its per-character
+    `any(c.isspace() for c in key)`: that generator was most of the cost of a message with headers
+    (every JetStream delivery and direct get; a third of a dispatcher's start over 100,000
+    unfinished commands)."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if key and key.split() != [key]:  # whitespace inside a header name: skipped, as nats-py does
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+NATS._parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[method-assign]
+
 # What to redo after a reconnect, per connection (`on_reconnect`): a client does not learn what the
 # rest of the system concluded while it was away.
 _RECONNECT_HOOKS: weakref.WeakKeyDictionary[NATS, list[Callable[[], Awaitable[None]]]] = (

@@ -6,20 +6,17 @@ creates them. No stream captures a core request subject (that would break no-res
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from shared.broker.connection import patiently
-from shared.broker.kv import Bucket, stream_position
+from shared.broker.kv import Bucket
 from shared.protocol import subjects
 
 # Records outlive the longest TTL (7 days) so a final state can still be read for a day after.
@@ -45,35 +42,20 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await patiently(ensure, f"stream {config.name}")
 
 
-async def read_subjects(
-    js: JetStreamContext, stream: str, pattern: str, timeout_s: float = 30.0
-) -> list[str]:
-    """The subjects of the messages `stream` holds under `pattern`, read once (headers only)."""
+async def read_subjects(nc: NATS, stream: str, pattern: str, timeout_s: float = 10.0) -> list[str]:
+    """The subjects of the messages `stream` holds under `pattern`, listed by the server (a page of
+    up to 100,000 per request) rather than delivered one message each."""
     found: list[str] = []
-    done = asyncio.Event()
-
-    async def on_msg(msg: Msg) -> None:
-        found.append(msg.subject)
-        if stream_position(msg.reply)[1] == 0:
-            done.set()
-
-    sub = await js.subscribe(
-        pattern,
-        stream=stream,
-        cb=on_msg,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        headers_only=True,
-    )
-    try:
-        info = await sub.consumer_info()
-        if not (info.num_pending == 0 and sub.delivered == 0):
-            async with asyncio.timeout(timeout_s):
-                await done.wait()
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-    return found
+    while True:
+        body = orjson.dumps({"subjects_filter": pattern, "offset": len(found)})
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout=timeout_s)
+        info = orjson.loads(reply.data)
+        if "error" in info:
+            raise nats.js.errors.APIError.from_error(info["error"])
+        page = list((info.get("state") or {}).get("subjects") or {})
+        found += page
+        if not page or len(found) >= int(info.get("total") or 0):
+            return found
 
 
 async def purge_subject(nc: NATS, stream: str, subject: str) -> None:
