@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from nats.aio.client import Client as NATS
 from pydantic import TypeAdapter
 
@@ -144,8 +145,12 @@ class Handlers:
         adapter = self.ops[op][0]
 
         async def handle(data: bytes) -> dict[str, Any]:
-            req = self._parse(op, adapter, data)  # an unusable request is answered here
-            return await self.route(subjects.partition_of(req.edge_agent_id), op, data, req)
+            agent = None if len(self.ownership.held) == subjects.PARTITIONS else _agent_of(data)
+            if agent is None:  # this replica owns every agent, or the request is unusable
+                req = self._parse(op, adapter, data)
+                return await self.route(subjects.partition_of(req.edge_agent_id), op, data, req)
+            # Most likely another replica's: only the agent is read here, the owner parses the rest.
+            return await self.route(subjects.partition_of(agent), op, data)
 
         return handle
 
@@ -337,6 +342,16 @@ class Handlers:
                     outcome,
                     extra={"command_id": command_id, "edge_agent_id": item.edge_agent_id},
                 )
+
+
+def _agent_of(data: bytes) -> str | None:
+    """The request's `edge_agent_id` when it is a usable one, read without validating the rest."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    agent = body.get("edge_agent_id") if isinstance(body, dict) else None
+    return agent if subjects.is_token(agent) else None
 
 
 def _type_label(data: bytes) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import zlib
 from typing import Protocol
 
 import orjson
@@ -52,12 +51,6 @@ class Partitions(Protocol):
 
     async def drop(self, partition: int) -> None:
         """Stop answering for the partition and forget its work."""
-
-
-def owner_of(partition: int, live: set[str]) -> str | None:
-    """The live replica that rendezvous hashing picks for `partition`."""
-    key = str(partition).encode()
-    return max(live, key=lambda replica: zlib.crc32(key, zlib.crc32(replica.encode())), default=None)
 
 
 class Ownership:
@@ -140,10 +133,10 @@ class Ownership:
         live = set(self.leases.live)
         me = self.leases.replica_id
         for partition in range(subjects.PARTITIONS):
-            winner = owner_of(partition, live)
+            winner = subjects.owner_of(partition, live)
             if partition not in self._owners:
                 # First look: whoever would hold it without this replica holds it now.
-                self._owners[partition] = owner_of(partition, live - {me})
+                self._owners[partition] = subjects.owner_of(partition, live - {me})
             before = self._owners[partition]
             if winner == before and (winner != me or partition in self.held or partition in self._eligible):
                 continue

@@ -70,6 +70,7 @@ class Gateway:
         )
         self._presence_sub = await self.nc.subscribe(subjects.PRESENCE_ALL, cb=self._on_presence)
         on_reconnect(self.nc, self._reassert_presence)
+        self.tasks.spawn(self.upstream.dispatchers.follow(), "follow_dispatchers")
 
     async def drain(self) -> None:
         """Close every socket with 1012 so agents reconnect at once elsewhere; wait for cleanup."""

@@ -1,8 +1,10 @@
 """What the gateway tells the rest of the system about an agent: acks, status, events, presence.
 
-Acks go to a dispatcher in batches gathered across the gateway's sockets, one batch in flight per
-lane, so each agent's acks keep their order while no reader ever waits on a round trip; when no
-dispatcher can be reached a batch is stored in JetStream for one to apply later, so none is lost.
+Acks go to the dispatchers owning their agents' partitions (the gateway follows the dispatchers'
+leases and computes the owners as they do) in batches gathered across the gateway's sockets, one
+batch in flight per lane, so each agent's acks keep their order while no reader ever waits on a
+round trip; when no dispatcher can be reached a batch is stored in JetStream for one to apply
+later, so none is lost.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from shared.broker.connection import NATS_ERRORS, request, request_owner
 from shared.broker.kv import Bucket, WrongRevision
+from shared.broker.leases import LiveReplicas
 from shared.protocol import codec, subjects
 from shared.protocol.agents import PRESENCE, AgentPresence, AgentStatus, AgentSync, PresenceEvent
 from shared.protocol.commands import MAX_ACKS_PER_BATCH, AckBatch, AgentAck, PullRequest
@@ -46,6 +49,9 @@ class Upstream:
         self.owner = owner
         self.timeout_s = timeout_s
         self.gateway_id = gateway_id  # written into each presence claim: where deliveries go
+        self.dispatchers = LiveReplicas(
+            self.js, subjects.DISPATCHERS_BUCKET, subjects.DISPATCHER_LEASE_PREFIX
+        )
         self._lanes: list[list[tuple[EdgeConnection, AgentAck]]] = [[] for _ in range(ACK_LANES)]
         self._busy: set[int] = set()  # lanes with a batch on its way
         self._acks_settled = asyncio.Event()  # no ack waits in any lane
@@ -100,12 +106,30 @@ class Upstream:
         await self._acks_settled.wait()
 
     async def acks(self, acks: list[AgentAck]) -> None:
-        """Hand acks to a dispatcher (which passes each partition's to its owner); when none answers
-        in time, or one could not apply them, store them in JetStream for a dispatcher to apply
-        later (applying an ack twice changes nothing)."""
+        """Hand acks to the dispatchers owning their agents' partitions, one request per owner (to
+        any dispatcher, which passes them on, while the owners are not known); those no dispatcher
+        applies in time, or could not apply, are stored in JetStream for one to apply later
+        (applying an ack twice changes nothing)."""
+        live = self.dispatchers.live
+        if len(live) <= 1:
+            await self._hand_over(subjects.ACKS_SUBMIT, acks)
+            return
+        by_owner: dict[str | None, tuple[int, list[AgentAck]]] = {}
+        for ack in acks:
+            partition = subjects.partition_of(ack.edge_agent_id)
+            owner = subjects.owner_of(partition, live)
+            by_owner.setdefault(owner, (partition, []))[1].append(ack)
+        await asyncio.gather(
+            *(
+                self._hand_over(subjects.partition_api(partition, "acks"), group)
+                for partition, group in by_owner.values()
+            )
+        )
+
+    async def _hand_over(self, subject: str, acks: list[AgentAck]) -> None:
         body = codec.dumps(AckBatch(acks=acks))
         try:
-            await request(self.nc, subjects.ACKS_SUBMIT, body, min(self.timeout_s, ACK_TIMEOUT_S))
+            await request(self.nc, subject, body, min(self.timeout_s, ACK_TIMEOUT_S))
         except IkiroError as err:
             if err.code not in (ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL_ERROR):
                 raise

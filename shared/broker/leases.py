@@ -14,6 +14,8 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
+from nats.js import JetStreamContext
+
 from shared.broker.connection import NATS_ERRORS, patiently
 from shared.broker.kv import Bucket, Entry, Following, WrongRevision
 from shared.protocol import codec
@@ -22,6 +24,7 @@ from shared.runtime.tasks import TaskOwner
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_S = 10.0
+FOLLOW_RETRY_S = 5.0
 VALIDITY_MARGIN_S = 0.5
 
 
@@ -153,3 +156,39 @@ class Leases:
             changed()
         for died in self.on_death:
             died(replica_id)
+
+
+class LiveReplicas:
+    """The replicas of another service whose leases are alive, followed read-only (a gateway routing
+    to the dispatchers' owners). Empty until the bucket exists and has been read."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, prefix: str) -> None:
+        self.js = js
+        self.bucket = bucket
+        self.prefix = prefix
+        self.live: frozenset[str] = frozenset()
+
+    async def follow(self) -> None:
+        """Follow the leases (once the bucket exists: its service creates it) until cancelled."""
+        following: Following | None = None
+        try:
+            while following is None:
+                try:
+                    kv = await self.js.key_value(self.bucket)
+                    following = await Bucket(self.js, kv, self.bucket).follow(
+                        f"{self.prefix}.*", self._on_entry
+                    )
+                except NATS_ERRORS as err:
+                    log.info("%s not followed yet: %s", self.bucket, err)
+                    await asyncio.sleep(FOLLOW_RETRY_S)
+            await asyncio.Event().wait()
+        finally:
+            if following is not None:
+                await following.stop()
+
+    def _on_entry(self, entry: Entry) -> None:
+        replica_id = entry.key.rsplit(".", 1)[-1]
+        if entry.value is None:
+            self.live = self.live - {replica_id}
+        else:
+            self.live = self.live | {replica_id}

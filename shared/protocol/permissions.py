@@ -24,6 +24,19 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
+def following(bucket: str) -> tuple[str, ...]:
+    """Reading another service's KV bucket with an ordered consumer, and nothing more."""
+    name = f"KV_{bucket}"
+    return (
+        f"$JS.API.STREAM.INFO.{name}",
+        f"$JS.API.CONSUMER.CREATE.{name}",
+        f"$JS.API.CONSUMER.CREATE.{name}.>",
+        f"$JS.API.CONSUMER.INFO.{name}.>",
+        f"$JS.API.CONSUMER.DELETE.{name}.>",
+        f"$JS.FC.{name}.>",
+    )
+
+
 def jetstream(streams: tuple[str, ...], buckets: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The JetStream API a service needs on its own streams and KV buckets: create and read them,
     write to the buckets, consume (durable pull, ordered push) and acknowledge."""
@@ -78,7 +91,8 @@ COMMAND_DISPATCHER = Permissions(
 EDGE_GATEWAY = Permissions(
     publish=(
         subjects.ACKS_SUBMIT,
-        subjects.partition_api("*", "pull"),
+        *(subjects.partition_api("*", op) for op in ("pull", "acks")),
+        *following(subjects.DISPATCHERS_BUCKET),
         subjects.ACKS_STORED,
         subjects.PRESENCE_ALL,
         subjects.status("*"),

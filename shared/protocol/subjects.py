@@ -38,6 +38,13 @@ def partition_of(edge_agent_id: str) -> int:
     return zlib.crc32(edge_agent_id.encode()) % PARTITIONS
 
 
+def owner_of(partition: int, live: set[str] | frozenset[str]) -> str | None:
+    """The live dispatcher replica that owns `partition`: rendezvous hashing over the replica ids,
+    so every party that knows the live set (dispatchers, gateways) computes the same owner."""
+    key = str(partition).encode()
+    return max(live, key=lambda replica: zlib.crc32(key, zlib.crc32(replica.encode())), default=None)
+
+
 # A replica that let partitions go says so here, so their new owner need not wait out a lease TTL.
 DISPATCHER_HANDOFF = "edge.dispatchers.handoff"
 
