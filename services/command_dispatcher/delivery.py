@@ -16,14 +16,14 @@ from nats.aio.subscription import Subscription
 from shared.broker.connection import NATS_ERRORS, NO_RESPONDERS, STATUS, request
 from shared.broker.kv import Bucket, WrongRevision
 from shared.protocol import codec, subjects
-from shared.protocol.agents import AgentPresence, deliver_request
+from shared.protocol.agents import deliver_request
 from shared.protocol.errors import IkiroError, NoResponders
 
 from .lifecycle import TimerAction, Timing, due_for_pull, mark_sent, pull_order, timer_action
 from .metrics import DispatcherMetrics
 from .records import Record, command_data
 from .store import CommandStore
-from .view import View
+from .view import Present, View
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,6 @@ class Delivery:
             answer = codec.loads(msg.data)
         except ValueError:
             answer = None
-        if isinstance(answer, dict) and answer.get("ok"):
-            return  # a gateway of an earlier version confirms every delivery
         error = answer.get("error") if isinstance(answer, dict) else None
         self._failed(edge_agent_id, command_id, str(error.get("message")) if isinstance(error, dict) else "")
 
@@ -132,9 +130,9 @@ class Delivery:
         """Nobody answered for the socket: unless it answers a probe a moment later (its gateway may
         have been between NATS servers) or a newer socket claimed the agent, say it is gone."""
 
-        def current() -> tuple[AgentPresence, int] | None:
+        def current() -> Present | None:
             found = self.view.presence.get(edge_agent_id)
-            if found is None or found[0].connection_id != connection_id or not found[0].online:
+            if found is None or found.presence.connection_id != connection_id or not found.presence.online:
                 return None
             return found
 
@@ -145,7 +143,7 @@ class Delivery:
         try:
             await request(
                 self.nc,
-                subjects.deliver(before[0].gateway_id or ""),
+                subjects.deliver(before.presence.gateway_id or ""),
                 deliver_request(connection_id),
                 PROBE_TIMEOUT_S,
             )

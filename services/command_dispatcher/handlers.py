@@ -257,7 +257,7 @@ class Handlers:
     async def handle_agents_get(self, req: AgentRequest) -> dict[str, Any]:
         agent = req.edge_agent_id
         found = self.view.presence.get(agent)
-        presence = found[0] if found else None
+        presence = found.presence if found else None
         status_read, sync_read = await asyncio.gather(
             self.agents.get(subjects.agent_key("status", agent), STATUS),
             self.agents.get(subjects.agent_key("sync", agent), SYNC),

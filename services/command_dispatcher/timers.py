@@ -94,9 +94,9 @@ class Timers:
         while self._heap and self._heap[0][0] <= now:
             _, _, command_id, revision = heapq.heappop(self._heap)
             found = self.view.get(command_id)
-            if found is None or found[1] != revision:
+            if found is None or found.revision != revision:
                 continue  # finished, or superseded by a newer revision with its own entry
-            record = found[0]
+            record = found.record
             if not self.ownership.active(subjects.partition_of(record.edge_agent_id)):
                 heapq.heappush(self._heap, (now + OWNER_RECHECK_S, next(self._order), command_id, revision))
                 continue
@@ -113,9 +113,9 @@ class Timers:
 
     async def _fire(self, command_id: str, revision: int) -> None:
         found = self.view.get(command_id)
-        if found is None or found[1] != revision:
+        if found is None or found.revision != revision:
             return
-        record = found[0]
+        record = found.record
         action, _ = timer_action(record, time.time(), self.timing, self.view.link(record.edge_agent_id))
         try:
             if action is TimerAction.DELIVER:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 PRESENCE_SYNC_TIMEOUT_S = 30.0
 
 
+class Known(NamedTuple):
+    """A record as this replica knows it, and the revision it is at (the next write's fence)."""
+
+    record: Record
+    revision: int
+
+
+class Present(NamedTuple):
+    """An agent's presence record, and its revision (the socket's epoch)."""
+
+    presence: AgentPresence
+    revision: int
+
+
 class View:
     def __init__(
         self,
@@ -39,9 +54,9 @@ class View:
         self.on_record = on_record  # an unfinished record changed (and which revision it is at)
         self.on_link = on_link  # an agent's socket changed
         self.partitions: set[int] = set()  # those whose records and agents are kept here
-        self.records: dict[str, tuple[Record, int]] = {}  # unfinished commands, by id
+        self.records: dict[str, Known] = {}  # unfinished commands, by id
         self.by_agent: dict[str, set[str]] = {}  # unfinished command ids, by agent
-        self.presence: dict[str, tuple[AgentPresence, int]] = {}
+        self.presence: dict[str, Present] = {}
         self._following: dict[int, Following] = {}
 
     async def take(self, partition: int) -> None:
@@ -72,11 +87,11 @@ class View:
 
     # --- commands ---
 
-    def get(self, command_id: str) -> tuple[Record, int] | None:
+    def get(self, command_id: str) -> Known | None:
         return self.records.get(command_id)
 
     def unfinished(self, edge_agent_id: str) -> list[Record]:
-        return [self.records[cid][0] for cid in self.by_agent.get(edge_agent_id, ())]
+        return [self.records[cid].record for cid in self.by_agent.get(edge_agent_id, ())]
 
     def count(self, edge_agent_id: str) -> int:
         return len(self.by_agent.get(edge_agent_id, ()))
@@ -84,14 +99,14 @@ class View:
     def learn(self, record: Record, revision: int) -> None:
         """A record of this replica's partitions at `revision` (written here, or read from the store)."""
         known = self.records.get(record.command_id)
-        if known is not None and known[1] >= revision:
+        if known is not None and known.revision >= revision:
             return
         if record.state in TERMINAL:
             self.forget(record.command_id)
             return
         if subjects.partition_of(record.edge_agent_id) not in self.partitions:
             return  # a write that was on its way when the partition went to another replica
-        self.records[record.command_id] = (record, revision)
+        self.records[record.command_id] = Known(record, revision)
         self.by_agent.setdefault(record.edge_agent_id, set()).add(record.command_id)
         self.on_record(record, revision)
 
@@ -99,7 +114,7 @@ class View:
         known = self.records.pop(command_id, None)
         if known is None:
             return
-        agent = known[0].edge_agent_id
+        agent = known.record.edge_agent_id
         ids = self.by_agent.get(agent)
         if ids is not None:
             ids.discard(command_id)
@@ -112,7 +127,7 @@ class View:
         found = self.presence.get(edge_agent_id)
         if found is None:
             return None
-        presence = found[0]
+        presence = found.presence
         if not presence.online or presence.connection_id is None:
             return None
         since = presence.connected_at.timestamp() if presence.connected_at else 0.0
@@ -123,7 +138,7 @@ class View:
         if entry.value is None or subjects.partition_of(edge_agent_id) not in self.partitions:
             return
         known = self.presence.get(edge_agent_id)
-        if known is not None and known[1] >= entry.revision:
+        if known is not None and known.revision >= entry.revision:
             return
         try:
             presence = PRESENCE.validate_json(entry.value)
@@ -131,7 +146,7 @@ class View:
             log.warning("unreadable agent record", extra={"key": entry.key})
             return
         before = self.link(edge_agent_id)
-        self.presence[edge_agent_id] = (presence, entry.revision)
+        self.presence[edge_agent_id] = Present(presence, entry.revision)
         if self.link(edge_agent_id) != before:
             self.on_link(edge_agent_id)
 
