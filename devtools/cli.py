@@ -4,6 +4,8 @@ ikiro token --agent A            mint an edge token
 ikiro submit --agent A --type T  submit a command and follow it to a final state
 ikiro get ID | cancel ID         show or cancel a command
 ikiro agent A                    show an agent
+ikiro commands A                 an agent's unfinished commands, in delivery order
+ikiro purge A --reason TEXT      cancel an agent's queued and sent commands
 ikiro sim-agent --agent A        run a simulated edge agent (socket, then /edge/sync)
 ikiro stack                      run the whole stack locally (`make run`)
 """
@@ -15,6 +17,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -73,6 +76,34 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 async def cmd_agent(args: argparse.Namespace) -> int:
     async with nats_client(args.nats) as nc:
         print_json((await CommandClient(nc).agent(args.agent)).model_dump())
+    return 0
+
+
+async def cmd_commands(args: argparse.Namespace) -> int:
+    async with nats_client(args.nats) as nc:
+        listed = await CommandClient(nc).commands(args.agent, args.limit)
+    now = time.time()
+    print(f"{'command_id':36}  {'type':18}  {'priority':9}  {'state':9}  {'attempts':>8}  {'age':>8}")
+    for record in listed.commands:
+        age = now - record.created_at.timestamp()
+        print(
+            f"{record.command_id!s:36}  {record.command_type:18}  {record.priority:9}  {record.state:9}  "
+            f"{record.attempts:>8}  {age:>7.0f}s"
+        )
+    print(f"{len(listed.commands)} of {listed.total} unfinished")
+    return 0
+
+
+async def cmd_purge(args: argparse.Namespace) -> int:
+    if not args.yes:
+        question = f"cancel every queued and sent command of {args.agent}? [y/N] "
+        answer = await asyncio.to_thread(input, question)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 1
+    async with nats_client(args.nats) as nc:
+        purged = await CommandClient(nc).purge(args.agent, args.reason)
+    print(f"{purged.cancelled} cancelled, {purged.left} left (received or executing)")
     return 0
 
 
@@ -143,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("agent", cmd_agent, "show an edge agent")
     p.add_argument("--nats", default=nats_url)
+    p.add_argument("agent")
+
+    p = add("commands", cmd_commands, "an agent's unfinished commands, in delivery order")
+    p.add_argument("--nats", default=nats_url)
+    p.add_argument("--limit", type=int, default=100, help="at most this many (1 to 1000)")
+    p.add_argument("agent")
+
+    p = add("purge", cmd_purge, "cancel an agent's queued and sent commands")
+    p.add_argument("--nats", default=nats_url)
+    p.add_argument("--reason", default=None, help="kept in each command's error (at most 200 characters)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("agent")
 
     p = add("sim-agent", cmd_sim_agent, "run a simulated edge agent")

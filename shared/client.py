@@ -37,6 +37,18 @@ class Submitted:
     duplicate: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AgentCommands:
+    commands: list[CommandRecord]  # in the order they would be delivered
+    total: int  # how many unfinished commands the agent has
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    cancelled: int  # queued or sent commands now cancelled
+    left: int  # received or executing ones, left alone
+
+
 class CommandClient:
     def __init__(self, nc: NATS, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.nc = nc
@@ -79,6 +91,22 @@ class CommandClient:
     async def agent(self, edge_agent_id: str) -> AgentInfo:
         reply = await request(self.nc, subjects.AGENTS_GET, {"edge_agent_id": edge_agent_id}, self.timeout_s)
         return AgentInfo.model_validate(reply)
+
+    async def commands(self, edge_agent_id: str, limit: int = 100) -> AgentCommands:
+        """The agent's unfinished commands, `immediate` first, then in submission order."""
+        body = {"edge_agent_id": edge_agent_id, "limit": limit}
+        reply = await request(self.nc, subjects.AGENTS_COMMANDS, body, self.timeout_s)
+        return AgentCommands(
+            [CommandRecord.model_validate(c) for c in reply["commands"]], int(reply["total"])
+        )
+
+    async def purge(self, edge_agent_id: str, reason: str | None = None) -> Purged:
+        """Cancel the agent's `queued` and `sent` commands (error `purged: <reason>`)."""
+        body: dict[str, Any] = {"edge_agent_id": edge_agent_id}
+        if reason:
+            body["reason"] = reason
+        reply = await request(self.nc, subjects.AGENTS_PURGE, body, self.timeout_s)
+        return Purged(int(reply["cancelled"]), int(reply["left"]))
 
     @contextlib.asynccontextmanager
     async def lifecycle(

@@ -25,16 +25,20 @@ from shared.protocol import codec, subjects
 from shared.protocol.agents import STATUS, SYNC, AgentInfo, deliver_request
 from shared.protocol.commands import (
     ACK_BATCH,
+    AGENT_COMMANDS_REQUEST,
     AGENT_REQUEST,
     COMMAND_ID_REQUEST,
     PULL_REQUEST,
+    PURGE_REQUEST,
     SUBMIT_REQUEST,
     AckBatch,
     AgentAck,
+    AgentCommandsRequest,
     AgentRequest,
     CommandIdRequest,
     CommandState,
     PullRequest,
+    PurgeRequest,
     SubmitRequest,
     parse_request,
     validate_payload,
@@ -51,7 +55,7 @@ from shared.protocol.errors import (
 )
 
 from .delivery import PROBE_TIMEOUT_S, Delivery, Spawn
-from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, new_record, same_content
+from .lifecycle import CANCELLABLE, AckOutcome, apply_ack, new_record, pull_order, same_content
 from .metrics import DispatcherMetrics
 from .ownership import Ownership
 from .records import Record, command_data
@@ -89,6 +93,8 @@ class Handlers:
             "submit": (SUBMIT_REQUEST, self.handle_submit),
             "cancel": (COMMAND_ID_REQUEST, self.handle_cancel),
             "agent": (AGENT_REQUEST, self.handle_agents_get),
+            "commands": (AGENT_COMMANDS_REQUEST, self.handle_agent_commands),
+            "purge": (PURGE_REQUEST, self.handle_purge),
             "pull": (PULL_REQUEST, self.handle_pull),
             "acks": (ACK_BATCH, self.handle_acks),
         }
@@ -103,6 +109,8 @@ class Handlers:
             subjects.COMMANDS_GET: self.handle_get,
             subjects.COMMANDS_CANCEL: self.route_cancel,
             subjects.AGENTS_GET: self._by_agent("agent"),
+            subjects.AGENTS_COMMANDS: self._by_agent("commands"),
+            subjects.AGENTS_PURGE: self._by_agent("purge"),
             subjects.AGENTS_PULL: self._by_agent("pull"),
             subjects.ACKS_SUBMIT: self.route_acks,
         }
@@ -304,6 +312,31 @@ class Handlers:
         )
         return info.model_dump(mode="json")
 
+    async def handle_agent_commands(self, req: AgentCommandsRequest) -> dict[str, Any]:
+        """The agent's unfinished commands as records, in the order they would be delivered."""
+        waiting = sorted(self.view.unfinished(req.edge_agent_id), key=pull_order)
+        return {"commands": [r.public() for r in waiting[: req.limit]], "total": len(waiting)}
+
+    async def handle_purge(self, req: PurgeRequest) -> dict[str, Any]:
+        """Cancel the agent's `queued` and `sent` commands; those it is executing are left alone."""
+        error = f"purged: {req.reason}" if req.reason else "purged"
+
+        def change(current: Record) -> Record | None:
+            if current.state not in CANCELLABLE:
+                return None
+            return current.moved(CommandState.CANCELLED, time.time(), error=error)
+
+        waiting = self.view.unfinished(req.edge_agent_id)
+        cancellable = [r.command_id for r in waiting if r.state in CANCELLABLE]
+        done = await asyncio.gather(*(self.store.transition(cid, change) for cid in cancellable))
+        cancelled = sum(1 for record in done if record is not None)
+        log.info(
+            "agent purged: %d cancelled",
+            cancelled,
+            extra={"edge_agent_id": req.edge_agent_id, "reason": req.reason},
+        )
+        return {"cancelled": cancelled, "left": self.view.count(req.edge_agent_id)}
+
     async def handle_pull(self, req: PullRequest) -> dict[str, Any]:
         sent = await self.delivery.pull(req.edge_agent_id, req.connection_id, req.via_socket)
         return {"commands": [command_data(record) for record in sent]}
@@ -361,4 +394,4 @@ def _type_label(data: bytes) -> str:
         value = body.get("command_type") if isinstance(body, dict) else None
     except ValueError:
         value = None
-    return str(value) if value in CommandType._value2member_map_ else "invalid"
+    return value if isinstance(value, str) and value in CommandType._value2member_map_ else "invalid"

@@ -145,6 +145,20 @@ class AgentRequest(BaseModel):
     edge_agent_id: AgentId
 
 
+class AgentCommandsRequest(BaseModel):
+    """`edge.agents.commands`: an agent's unfinished commands, in delivery order."""
+
+    edge_agent_id: AgentId
+    limit: StrictInt = Field(default=100, ge=1, le=1000)
+
+
+class PurgeRequest(BaseModel):
+    """`edge.agents.purge`: cancel an agent's `queued` and `sent` commands."""
+
+    edge_agent_id: AgentId
+    reason: str | None = Field(default=None, max_length=200)
+
+
 class PullRequest(BaseModel):
     """Gateway -> dispatcher: hand over what is due for this connection, marking it sent."""
 
@@ -180,6 +194,8 @@ SUBMIT_REQUEST = TypeAdapter(SubmitRequest)
 COMMAND_ID_REQUEST = TypeAdapter(CommandIdRequest)
 AGENT_REQUEST = TypeAdapter(AgentRequest)
 PULL_REQUEST = TypeAdapter(PullRequest)
+AGENT_COMMANDS_REQUEST = TypeAdapter(AgentCommandsRequest)
+PURGE_REQUEST = TypeAdapter(PurgeRequest)
 ACK_BATCH = TypeAdapter(AckBatch)
 
 # --- The record and its events ---------------------------------------------------------

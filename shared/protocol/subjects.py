@@ -21,6 +21,8 @@ COMMANDS_SUBMIT = "edge.commands.submit"
 COMMANDS_GET = "edge.commands.get"
 COMMANDS_CANCEL = "edge.commands.cancel"
 AGENTS_GET = "edge.agents.get"
+AGENTS_COMMANDS = "edge.agents.commands"  # an agent's unfinished commands, in delivery order
+AGENTS_PURGE = "edge.agents.purge"  # cancel an agent's queued and sent commands
 # Gateway -> dispatcher: hand over the agent's pending commands (socket connect or /edge/sync).
 AGENTS_PULL = "edge.agents.pull"
 # Gateway -> dispatcher: one command_ack from an agent.
@@ -48,8 +50,8 @@ def owner_of(partition: int, live: set[str] | frozenset[str]) -> str | None:
 # A replica that let partitions go says so here, so their new owner need not wait out a lease TTL.
 DISPATCHER_HANDOFF = "edge.dispatchers.handoff"
 
-# Requests for one partition, answered by its owner only: `op` is submit, cancel, agent, pull or acks.
-PARTITION_OPS = ("submit", "cancel", "agent", "pull", "acks")
+# Requests for one partition, answered by its owner only (`op` one of these).
+PARTITION_OPS = ("submit", "cancel", "agent", "commands", "purge", "pull", "acks")
 PARTITION_ALL = "edge.partition.*.*"
 
 

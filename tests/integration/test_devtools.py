@@ -152,6 +152,21 @@ async def test_submit_without_following_then_cancel(
     assert code == 0 and (json.loads(out[0])["state"], json.loads(out[0])["ttl_s"]) == ("cancelled", 60)
 
 
+async def test_commands_lists_an_agents_queue_and_purge_cancels_it(
+    edge: apps.RunningApp, broker: NatsServer, agent: str
+) -> None:
+    submit = ["--agent", agent, "--type", "emit_event", "--payload", '{"event_type": "e"}', "--no-follow"]
+    ids = [
+        json.loads((await ikiro("submit", "--nats", broker.url, *submit))[1][0])["command_id"] for _ in "ab"
+    ]
+    code, out = await ikiro("commands", "--nats", broker.url, agent)
+    assert code == 0 and [line.split()[0] for line in out[1:3]] == ids and out[-1] == "2 of 2 unfinished"
+    code, out = await ikiro("purge", "--nats", broker.url, "--reason", "user left", "--yes", agent)
+    assert code == 0 and out == ["2 cancelled, 0 left (received or executing)"]
+    code, out = await ikiro("commands", "--nats", broker.url, agent)
+    assert code == 0 and out[-1] == "0 of 0 unfinished"
+
+
 async def test_command_client_follows_one_command_by_id_from_before_its_submission(
     edge: apps.RunningApp, nc: NATS, agent: str
 ) -> None:

@@ -14,10 +14,14 @@ from tests.harness.bus import assert_error, assert_ok, request, subscribe
 from tests.harness.edge import (
     MAX_QUEUED_PER_AGENT,
     MINIMAL_PAYLOADS,
+    EdgeStack,
+    ack,
+    edge_socket,
     get_agent,
     get_command,
     submit,
     submit_ok,
+    wait_state,
 )
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -51,6 +55,8 @@ async def test_submit_with_own_command_id_keeps_it(nc: NATS, agent: str) -> None
 
 INVALID_SUBMITS: dict[str, dict[str, Any]] = {
     "unknown command_type": {"command_type": "reboot_the_mac"},
+    # A list or an object answered internal_error (the metric label looked it up in a dict).
+    **{f"command_type {t!r}": {"command_type": t} for t in [["send_message_now"], {"a": 1}, 7, True]},
     **{f"priority {p!r}": {"priority": p} for p in ["urgent", "", "IMMEDIATE", 1, None]},
     # `true` and "60" found failing by this suite; fixed in fabfbdd.
     **{f"ttl_s {t!r}": {"ttl_s": t} for t in [0, 604801, -1, "soon", True, "60"]},
@@ -302,3 +308,74 @@ async def test_first_queued_event(nc: NATS, agent: str) -> None:
     assert "attempt" in event
     parse_time(event["at"])
     json.dumps(event)
+
+
+# --- agents.commands and agents.purge: the operator view -----------------------------------------
+
+
+async def test_agent_commands_lists_the_unfinished_in_delivery_order(nc: NATS, agent: str) -> None:
+    normal = [await submit_ok(nc, agent) for _ in range(3)]
+    urgent = await submit_ok(nc, agent, priority="immediate")
+    finished = await submit_ok(nc, agent)
+    assert_ok(await request(nc, "edge.commands.cancel", {"command_id": finished}))
+    reply = assert_ok(await request(nc, "edge.agents.commands", {"edge_agent_id": agent}))
+    assert [c["command_id"] for c in reply["commands"]] == [urgent, *normal]
+    assert reply["total"] == 4
+    stored = await get_command(nc, urgent)  # each one in the `edge.commands.get` shape
+    assert reply["commands"][0] == {k: v for k, v in stored.items() if k != "ok"}
+    limited = assert_ok(await request(nc, "edge.agents.commands", {"edge_agent_id": agent, "limit": 2}))
+    assert [c["command_id"] for c in limited["commands"]] == [urgent, normal[0]]
+    assert limited["total"] == 4
+
+
+async def test_agent_commands_of_an_agent_never_seen_is_empty(nc: NATS, agent: str) -> None:
+    reply = assert_ok(await request(nc, "edge.agents.commands", {"edge_agent_id": agent}))
+    assert (reply["commands"], reply["total"]) == ([], 0)
+
+
+@pytest.mark.parametrize("subject", ["edge.agents.commands", "edge.agents.purge"])
+async def test_operator_view_refuses_bad_requests(nc: NATS, agent: str, subject: str) -> None:
+    bad: list[Any] = [*BAD_BODIES[:3], *({"edge_agent_id": b} for b in BAD_IDS)]
+    limits: list[Any] = [0, 1001, -1, "5", 1.5, True, [1], {}]
+    reasons: list[Any] = ["x" * 201, 7, ["a"], {}]
+    if subject == "edge.agents.commands":
+        bad += [{"edge_agent_id": agent, "limit": x} for x in limits]
+    else:
+        bad += [{"edge_agent_id": agent, "reason": x} for x in reasons]
+    for body in bad:
+        assert_error(await request(nc, subject, body), "invalid_request")
+
+
+async def test_purge_cancels_an_offline_agents_queue_with_the_reason(nc: NATS, agent: str) -> None:
+    queued = [await submit_ok(nc, agent) for _ in range(3)]
+    lifecycle = await subscribe(nc, f"edge.lifecycle.{agent}.>")
+    reply = assert_ok(await request(nc, "edge.agents.purge", {"edge_agent_id": agent, "reason": "user left"}))
+    assert (reply["cancelled"], reply["left"]) == (3, 0)
+    events = [await lifecycle.next(state="cancelled") for _ in queued]
+    assert sorted(e["command_id"] for e in events) == sorted(queued)
+    assert {(e["previous_state"], e["error"]) for e in events} == {("queued", "purged: user left")}
+    for cid in queued:
+        record = await get_command(nc, cid)
+        assert (record["state"], record["error"]) == ("cancelled", "purged: user left")
+    plain = await submit_ok(nc, agent)
+    assert assert_ok(await request(nc, "edge.agents.purge", {"edge_agent_id": agent}))["cancelled"] == 1
+    assert (await get_command(nc, plain))["error"] == "purged"
+
+
+async def test_purge_cancels_sent_commands_and_leaves_what_the_agent_runs(
+    nc: NATS, agent: str, stack: EdgeStack
+) -> None:
+    async with edge_socket(stack.gateway.ws, agent) as ws:
+        running, sent = await submit_ok(nc, agent), await submit_ok(nc, agent)
+        handed = {(await ws.expect("command"))["command_id"] for _ in range(2)}
+        assert handed == {running, sent}
+        await ack(ws, running, "executing")
+        await wait_state(nc, running, "executing")
+        lifecycle = await subscribe(nc, f"edge.lifecycle.{agent}.>")
+        reply = assert_ok(await request(nc, "edge.agents.purge", {"edge_agent_id": agent}))
+        assert (reply["cancelled"], reply["left"]) == (1, 1)
+        event = await lifecycle.next(state="cancelled")
+        assert (event["command_id"], event["previous_state"], event["error"]) == (sent, "sent", "purged")
+        assert (await get_command(nc, running))["state"] == "executing"
+        listed = assert_ok(await request(nc, "edge.agents.commands", {"edge_agent_id": agent}))
+        assert [c["command_id"] for c in listed["commands"]] == [running]

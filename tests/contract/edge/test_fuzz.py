@@ -33,6 +33,8 @@ API = [
     "edge.commands.get",
     "edge.commands.cancel",
     "edge.agents.get",
+    "edge.agents.commands",
+    "edge.agents.purge",
     "edge.agents.pull",
     "edge.acks.submit",
 ]
@@ -172,6 +174,8 @@ async def test_ids_that_would_change_a_subject_are_refused_at_every_entry_point(
                     {"edge_agent_id": evil, "command_type": "emit_event", "payload": {"event_type": "e"}},
                 ),
                 ("edge.agents.get", {"edge_agent_id": evil}),
+                ("edge.agents.commands", {"edge_agent_id": evil}),
+                ("edge.agents.purge", {"edge_agent_id": evil}),
                 ("edge.agents.pull", {"edge_agent_id": evil, "connection_id": "c"}),
                 (
                     "edge.acks.submit",
