@@ -23,7 +23,7 @@ _EPOCH: dict[str, float] = {}
 _REMEMBERED = 1 << 16
 
 
-def iso(t: float) -> str:
+def iso_of_epoch(t: float) -> str:
     """ISO-8601 UTC with a `Z` (the form edge agents parse) of a unix time."""
     text = _ISO.get(t)
     if text is None:
@@ -112,10 +112,10 @@ class Record:
             "state": self.state.value,
             "attempts": self.attempts,
             "error": self.error,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "expires_at": iso(self.expires_at),
-            "history": [{"state": s.value, "at": iso(at)} for s, at in self.history],
+            "created_at": iso_of_epoch(self.created_at),
+            "updated_at": iso_of_epoch(self.updated_at),
+            "expires_at": iso_of_epoch(self.expires_at),
+            "history": [{"state": s.value, "at": iso_of_epoch(at)} for s, at in self.history],
             "sent_at": _iso_or_none(self.sent_at),
             "sent_to": self.sent_to,
             "acked_at": _iso_or_none(self.acked_at),
@@ -124,7 +124,7 @@ class Record:
 
 
 def _iso_or_none(t: float | None) -> str | None:
-    return None if t is None else iso(t)
+    return None if t is None else iso_of_epoch(t)
 
 
 def _epoch_or_none(text: str | None) -> float | None:
@@ -169,7 +169,7 @@ def command_data(record: Record) -> dict[str, Any]:
         "command_type": record.command_type,
         "payload": record.payload,
         "priority": record.priority,
-        "timestamp": iso(record.created_at),
+        "timestamp": iso_of_epoch(record.created_at),
     }
 
 
@@ -195,7 +195,7 @@ def lifecycle_events(old: Record | None, new: Record) -> list[bytes]:
             "previous_state": None if previous is None else previous.value,
             "attempt": attempt,
             "error": new.error if index == last else None,
-            "at": iso(at),
+            "at": iso_of_epoch(at),
         }
         events.append(codec.dumps(event))
         previous = state

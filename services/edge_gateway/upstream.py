@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ACK_LANES = 4
 # How long a batch waits for a dispatcher before it is stored instead. Acks behind it in its lane
 # wait as long, in this process's memory only: the bound on what a SIGKILL here can take with it.
-ACK_TIMEOUT_S = 1.0
+DISPATCHER_ACK_WAIT_S = 1.0
 ACK_RETRY_FIRST_S = 0.5
 ACK_RETRY_MAX_S = 5.0
 
@@ -129,7 +129,7 @@ class Upstream:
     async def _hand_over(self, subject: str, acks: list[AgentAck]) -> None:
         body = codec.dumps(AckBatch(acks=acks))
         try:
-            await request(self.nc, subject, body, min(self.timeout_s, ACK_TIMEOUT_S))
+            await request(self.nc, subject, body, min(self.timeout_s, DISPATCHER_ACK_WAIT_S))
         except IkiroError as err:
             if err.code not in (ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL_ERROR):
                 raise

@@ -19,7 +19,7 @@ TYPING = "typing"
 
 
 class Connection(ServerSocket):
-    __slots__ = ("_expiry", "abuse", "bucket", "connection_id", "replica_id", "session_id", "user_id")
+    __slots__ = ("_expiry", "abuse", "connection_id", "frame_rate", "replica_id", "session_id", "user_id")
     metrics: MiniAppGatewayMetrics
 
     def __init__(
@@ -40,7 +40,7 @@ class Connection(ServerSocket):
         self.user_id = user_id
         self.connection_id = connection_id
         self.replica_id = ""  # the replica id its presence entry was written under
-        self.bucket = TokenBucket(settings.rate_per_s, settings.rate_burst)
+        self.frame_rate = TokenBucket(settings.rate_per_s, settings.rate_burst)
         self.abuse = WindowCounter(settings.rate_abuse_limit, settings.rate_abuse_window_s)
         self._expiry: asyncio.TimerHandle | None = None
 
@@ -58,7 +58,7 @@ class Connection(ServerSocket):
 
     def admit_frame(self) -> bool:
         """Take a token for one incoming frame; repeated abuse asks for a 1008 close."""
-        if self.bucket.take():
+        if self.frame_rate.take():
             return True
         if self.abuse.record():
             self.close_soon(CloseCode.POLICY_VIOLATION, "sustained rate abuse")

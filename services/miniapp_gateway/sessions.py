@@ -49,7 +49,7 @@ from .state import StateStore
 
 log = logging.getLogger(__name__)
 
-SYNC_TIMEOUT_S = 10.0
+WATCH_SYNC_TIMEOUT_S = 10.0
 NOT_A_MEMBER = "not a member of this session"
 
 
@@ -107,7 +107,7 @@ class LocalSession:
         self._spawn(self._watch_state(), "session_state_watch")
         self._spawn(self._watch_presence(), "session_presence_watch")
         self._spawn(self._keep_alive(), "session_keep_alive")
-        async with asyncio.timeout(SYNC_TIMEOUT_S):
+        async with asyncio.timeout(WATCH_SYNC_TIMEOUT_S):
             await self._state_synced.wait()
             await self._presence_synced.wait()
 
@@ -116,7 +116,7 @@ class LocalSession:
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        await cancel_and_wait(self._tasks, SYNC_TIMEOUT_S)
+        await cancel_and_wait(self._tasks, WATCH_SYNC_TIMEOUT_S)
         self._tasks.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -143,7 +143,7 @@ class LocalSession:
 
     async def wait_seen(self, revision: int) -> None:
         """Until the presence view has applied the bucket up to `revision` (a write of ours)."""
-        async with asyncio.timeout(SYNC_TIMEOUT_S), self._seen:
+        async with asyncio.timeout(WATCH_SYNC_TIMEOUT_S), self._seen:
             await self._seen.wait_for(lambda: self.presence_seq >= revision)
 
     def attach(self, conn: Connection) -> None:

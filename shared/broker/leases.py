@@ -23,7 +23,7 @@ from shared.runtime.tasks import TaskOwner
 
 log = logging.getLogger(__name__)
 
-SYNC_TIMEOUT_S = 10.0
+LEASES_SYNC_TIMEOUT_S = 10.0
 FOLLOW_RETRY_S = 5.0
 VALIDITY_MARGIN_S = 0.5
 
@@ -60,7 +60,7 @@ class Leases:
         await patiently(self._take, f"{self.name} lease")
         self._following = await self.bucket.follow(f"{self.prefix}.*", self._on_entry)
         self.owner.keep(f"{self.name}_heartbeat", self._heartbeat)
-        async with asyncio.timeout(SYNC_TIMEOUT_S):
+        async with asyncio.timeout(LEASES_SYNC_TIMEOUT_S):
             await self._following.synced.wait()
 
     async def release(self) -> None:
