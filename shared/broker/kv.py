@@ -38,6 +38,7 @@ CAS_ATTEMPTS = 20
 # Keys per batched direct get (`Bucket.read_many`); nats-server answers at most 1,024 subjects at once.
 READ_MANY_BATCH = 512
 EOB = "204"  # the status of the message that ends a batched direct get
+NO_RESULTS = "404"  # a batched direct get none of whose keys exists
 
 
 class WrongRevision(Exception):
@@ -131,7 +132,7 @@ class Bucket:
                 if status is not None:
                     if done.done():
                         pass
-                    elif status == EOB:
+                    elif status in (EOB, NO_RESULTS):  # the end of a batch; or none of it exists
                         done.set_result(None)
                     else:
                         done.set_exception(nats.js.errors.APIError(description=f"direct get: {status}"))

@@ -153,3 +153,25 @@ async def test_commands_submitted_while_replicas_join_and_leave_all_complete_onc
         await gateway.stop()
         for replica in replicas:
             await replica.stop()
+
+
+async def test_an_index_entry_whose_record_was_never_stored_is_dropped_and_the_start_goes_on(
+    broker: NatsServer,
+) -> None:
+    nc = await nats.connect(broker.url)
+    first = await apps.dispatcher(broker.url)  # creates the streams and buckets
+    await first.stop()
+    try:
+        # A submit that died between its index entry and its record: a whole batch of such entries
+        # (none of whose records exists) is answered "no results" by the server, not an empty batch.
+        agent = f"ghost-{uuid.uuid4().hex[:8]}"
+        entry = subjects.open_entry(subjects.partition_of(agent), str(uuid.uuid4()))
+        await nc.jetstream().publish(entry, b"")
+        second = await apps.dispatcher(broker.url)
+        try:
+            assert dispatcher_of(second).ownership.held == set(range(subjects.PARTITIONS))
+            await wait_until(lambda: open_entries_are(nc, 0), 5, what="the stray entry purged")
+        finally:
+            await second.stop()
+    finally:
+        await nc.close()
