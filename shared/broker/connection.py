@@ -314,7 +314,7 @@ async def serve_requests(
 
         return receive
 
-    return [
+    subs = [
         await nc.subscribe(
             subject,
             queue=queue,
@@ -324,3 +324,5 @@ async def serve_requests(
         )
         for subject, handler in routes.items()
     ]
+    await nc.flush()  # the server has them: a caller that saw this replica ready finds it answering
+    return subs

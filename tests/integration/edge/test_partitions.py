@@ -22,7 +22,9 @@ from tests.integration import apps
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(tmp_path)  # its own broker: only these replicas share the partitions
+    server = NatsServer(
+        tmp_path, log=tmp_path / "nats.log"
+    )  # its own broker: only these replicas share the partitions
     server.start()
     try:
         yield server
@@ -105,12 +107,13 @@ async def test_commands_submitted_while_replicas_join_and_leave_all_complete_onc
     agents = [f"move-{uuid.uuid4().hex[:8]}" for _ in range(6)]
     handed: dict[str, int] = {}
     submitted: list[str] = []
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # no more submits
+    done = asyncio.Event()  # every command completed: the agents may go
 
     async def agent_loop(agent: str) -> None:
         token = make_token(agent, secret=apps.EDGE_SECRET)
         async with edge_socket(gateway.ws, agent, token=token) as ws:
-            while not stop.is_set():
+            while not done.is_set():
                 try:
                     command = await ws.expect("command", timeout=1.0)
                 except TimeoutError:
@@ -145,6 +148,7 @@ async def test_commands_submitted_while_replicas_join_and_leave_all_complete_onc
         assert all(handed.get(cid) == 1 for cid in submitted), "a command was handed over twice"
     finally:
         stop.set()
+        done.set()
         submitter.cancel()
         for worker in workers:
             worker.cancel()
