@@ -22,9 +22,8 @@ from tests.integration import apps
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(
-        tmp_path, log=tmp_path / "nats.log"
-    )  # its own broker: only these replicas share the partitions
+    # Its own broker: only these replicas share the partitions.
+    server = NatsServer(tmp_path, log=tmp_path / "nats.log")
     server.start()
     try:
         yield server
