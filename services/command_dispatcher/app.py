@@ -49,6 +49,7 @@ class Dispatcher:
         self.partition_subs: dict[int, list[Subscription]] = {}
         self.started = False
         self.view: View
+        self.store: CommandStore
         self.timers: Timers
         self.handlers: Handlers
         self.delivery: Delivery
@@ -94,8 +95,7 @@ class Dispatcher:
 
     async def load(self, partition: int) -> None:
         await self.view.take(partition)
-        for record, revision in await self.store.read_open(partition):
-            self.view.learn(record, revision)
+        await self._learn_open(partition)
 
     async def open(self, partition: int) -> None:
         self.partition_subs[partition] = await serve_requests(
@@ -112,9 +112,13 @@ class Dispatcher:
         was storing as the partition moved is noted there only after the first read."""
         await asyncio.sleep(LATE_READ_S)
         if partition in self.ownership.held:
-            for record, revision in await self.store.read_open(partition):
-                if self.view.get(record.command_id) is None:
-                    self.view.learn(record, revision)
+            await self._learn_open(partition)
+
+    async def _learn_open(self, partition: int) -> None:
+        """Learn the partition's unfinished records as stored (those known at a newer revision are
+        kept as they are)."""
+        for record, revision in await self.store.read_open(partition):
+            self.view.learn(record, revision)
 
     async def drop(self, partition: int) -> None:
         for sub in self.partition_subs.pop(partition, []):

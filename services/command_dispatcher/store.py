@@ -41,7 +41,6 @@ READ_CONCURRENCY = 64
 class CommandStore:
     def __init__(self, nc: NATS, bucket: Bucket, view: View, metrics: DispatcherMetrics) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
         self.bucket = bucket
         self.view = view
         self.metrics = metrics

@@ -152,9 +152,9 @@ class Requests:
 
     nats-py's `request` pays, per call, a NUID and an `os.urandom` for its token and an
     `asyncio.wait_for` for its timeout; here a timeout is one timer handle. For the internal API
-    (`request`). JetStream writes stay on nats-py's publish: on this path, soak runs saw bursts of
-    refused writes while a stream leader was replaced, which nats-py's did not show (README,
-    Performance).
+    (`request`) and the dispatcher's index entries (a refused one is written again). Record writes
+    stay on nats-py's publish: on this path, soak runs saw bursts of refused writes while a stream
+    leader was replaced, which nats-py's did not show.
     """
 
     _of: weakref.WeakKeyDictionary[NATS, Requests] = weakref.WeakKeyDictionary()
