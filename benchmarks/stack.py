@@ -176,7 +176,13 @@ class Bench:
     async def service(self, name: str, module: str, nats_url: str, **env: str) -> Proc:
         """`python -m services.<module>` on a free port, started and ready."""
         port = free_port()
-        settings = {"NATS_URL": nats_url, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": LOG_LEVEL}
+        settings = {
+            "NATS_URL": nats_url,
+            "ENVIRONMENT": "development",  # the benchmark's own secrets are short, and public
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": LOG_LEVEL,
+        }
         proc = self._proc(
             Proc,
             name,

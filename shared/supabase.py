@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,15 @@ import jwt
 import orjson
 
 from shared.protocol.errors import ErrorCode, IkiroError
+from shared.protocol.miniapp import USER_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
 LEEWAY_S = 30
 HMAC_ALGORITHMS = frozenset({"HS256"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "ES256"})
-MAX_SUB_LENGTH = 256
+# A `sub` is relayed to peers and written to logs: printable ASCII only (no control, bidi or NUL).
+_USABLE_SUB = re.compile(USER_ID_PATTERN)
 
 
 class TokenError(IkiroError, PermissionError):
@@ -152,6 +155,9 @@ class SupabaseVerifier:
             raise TokenError("malformed token") from None
         alg = header.get("alg")
         key: Any
+        # Any JSON may stand in the header: a list or object is not hashable, so check the type first.
+        if not isinstance(alg, str):
+            raise TokenError("algorithm not allowed")
         if alg in HMAC_ALGORITHMS and self.secret is not None:
             key = self.secret
         elif alg in ASYMMETRIC_ALGORITHMS and self.jwks is not None:
@@ -184,7 +190,7 @@ class SupabaseVerifier:
         except jwt.InvalidTokenError:
             raise TokenError("invalid token") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUB_LENGTH:
+        if not isinstance(sub, str) or not _USABLE_SUB.fullmatch(sub):
             raise TokenError("token has no usable sub")
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):

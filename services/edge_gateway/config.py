@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from shared.auth import DEV_EDGE_SECRET
 from shared.protocol.edge import MAX_FRAME_BYTES
-from shared.runtime.config import Environment, ServiceSettings
+from shared.runtime.config import Environment, ServiceSettings, check_secret
 
 
 class EdgeGatewaySettings(ServiceSettings):
@@ -30,13 +30,16 @@ class EdgeGatewaySettings(ServiceSettings):
     upstream_timeout_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
-    def _secret_required_in_production(self) -> Self:
-        if self.environment is Environment.PRODUCTION and not self.edge_secret:
-            raise ValueError("EDGE_SECRET is required when ENVIRONMENT=production")
+    def _real_secrets_outside_development(self) -> Self:
+        if self.environment is not Environment.DEVELOPMENT and not self.edge_secret:
+            raise ValueError(f"EDGE_SECRET is required when ENVIRONMENT={self.environment}")
+        check_secret("EDGE_SECRET", self.edge_secret, self.environment, published=DEV_EDGE_SECRET)
+        check_secret("EDGE_SECRET_PREVIOUS", self.edge_secret_previous, self.environment, DEV_EDGE_SECRET)
         return self
 
     @property
     def secrets(self) -> list[str]:
+        # The published development secret only where the validator allows no secret at all.
         current = self.edge_secret or DEV_EDGE_SECRET
         return [current, self.edge_secret_previous] if self.edge_secret_previous else [current]
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
-from shared.protocol.miniapp import MAX_CONNECTIONS_PER_SESSION, MAX_FRAME_BYTES, MAX_STATE_BYTES
-from shared.runtime.config import Environment, ServiceSettings
+from shared.protocol.miniapp import (
+    MAX_CONNECTIONS_PER_SESSION,
+    MAX_FRAME_BYTES,
+    MAX_SOCKETS_PER_USER,
+    MAX_STATE_BYTES,
+)
+from shared.runtime.config import Environment, ServiceSettings, check_secret
 
 
 class MiniAppSettings(ServiceSettings):
@@ -27,6 +33,9 @@ class MiniAppSettings(ServiceSettings):
     # Who may join a session nobody configured: only listed members (the default in production)
     # or any authenticated user (the default elsewhere). DESIGN section 5, "Who may join".
     miniapp_session_access: Literal["members", "open"] | None = None
+    # Browser origins allowed to open a socket (comma-separated, exact `scheme://host[:port]`);
+    # unset allows any. A socket without an `Origin` header is not from a browser and is not checked.
+    miniapp_allowed_origins: Annotated[frozenset[str] | None, NoDecode] = None
     # The development page (`devpage.py`): on by default in development only, never in production.
     miniapp_dev_page: bool | None = None
 
@@ -34,6 +43,7 @@ class MiniAppSettings(ServiceSettings):
     max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=1024)
     max_state_bytes: int = Field(default=MAX_STATE_BYTES, ge=1024, le=768 * 1024)
     max_connections_per_session: int = Field(default=MAX_CONNECTIONS_PER_SESSION, ge=1)
+    miniapp_max_sockets_per_user: int = Field(default=MAX_SOCKETS_PER_USER, ge=1)
     rate_per_s: float = Field(default=30.0, gt=0)
     rate_burst: int = Field(default=60, ge=1)
     # Frames refused for rate within `rate_abuse_window_s` that close the socket with 1008.
@@ -55,6 +65,18 @@ class MiniAppSettings(ServiceSettings):
     # Revisions of a session kept in JetStream: how far a replica's watcher may lag.
     session_history: int = Field(default=16, ge=2, le=64)
     ws_heartbeat_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("miniapp_allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(o.strip().rstrip("/").lower() for o in value.split(",") if o.strip())
+        return value
+
+    def allows_origin(self, origin: str | None) -> bool:
+        if origin is None or self.miniapp_allowed_origins is None:
+            return True
+        return origin.rstrip("/").lower() in self.miniapp_allowed_origins
 
     @property
     def open_by_default(self) -> bool:
@@ -80,6 +102,7 @@ class MiniAppSettings(ServiceSettings):
                 "SUPABASE_JWT_SECRET, SUPABASE_JWKS_URL or SUPABASE_JWKS_FILE is required "
                 "to verify MiniApp tokens"
             )
+        check_secret("SUPABASE_JWT_SECRET", self.supabase_jwt_secret, self.environment)
         if self.supabase_jwks_url and self.supabase_jwks_file:
             raise ValueError("set only one of SUPABASE_JWKS_URL and SUPABASE_JWKS_FILE")
         if self.miniapp_dev_page and self.environment is Environment.PRODUCTION:

@@ -87,6 +87,7 @@ class Gateway:
             self.metrics,
             self.tasks,
             settings.max_connections_per_session,
+            settings.miniapp_max_sockets_per_user,
             settings.open_by_default,
         )
         self.ctx = Context(self.nc, state, self.verifier, self.metrics, self.settings)

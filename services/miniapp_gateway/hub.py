@@ -1,10 +1,10 @@
 """Admission of sockets into sessions, and the registry of this replica's `LocalSession`s.
 
-Admission under the cross-replica cap: a joining socket first writes a pending presence entry;
-the entry's revision is its place in one global order. Once this replica's view has caught up to
-that revision, it has seen every entry written before it, from every replica, so counting the
-entries ahead of it decides admission the same way everywhere: the cap is never exceeded, even
-when sockets join through several replicas at the same instant.
+Admission under the cross-replica caps (per session, and per user in a session): a joining socket
+first writes a pending presence entry; the entry's revision is its place in one global order. Once
+this replica's view has caught up to that revision, it has seen every entry written before it, from
+every replica, so counting the entries ahead of it decides admission the same way everywhere: a
+cap is never exceeded, even when sockets join through several replicas at the same instant.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class SessionFull(IkiroError):
-    """The session already holds its maximum number of connections (close 4029)."""
+    """The session, or the user's share of it, holds its maximum number of connections (close 4029)."""
+
+
+SESSION_FULL = "session full"
+USER_FULL = "too many connections for this user"
 
 
 class NotMember(IkiroError):
@@ -47,6 +51,7 @@ class Hub:
         metrics: MiniAppGatewayMetrics,
         owner: TaskOwner,
         max_connections: int,
+        max_per_user: int,
         open_by_default: bool,
     ) -> None:
         self.nc = nc
@@ -55,6 +60,7 @@ class Hub:
         self.metrics = metrics
         self.owner = owner
         self.max_connections = max_connections
+        self.max_per_user = max_per_user
         self.open_by_default = open_by_default
         self.sessions: dict[str, LocalSession] = {}
         self.connections: set[Connection] = set()
@@ -77,7 +83,9 @@ class Hub:
             written = True
             await session.wait_seen(revision)
             if session.ahead_of(conn.connection_id, revision) >= self.max_connections:
-                raise SessionFull("session full")
+                raise SessionFull(SESSION_FULL)
+            if session.ahead_of(conn.connection_id, revision, conn.user_id) >= self.max_per_user:
+                raise SessionFull(USER_FULL)
             record = ConnectionRecord(
                 session_id=conn.session_id,
                 connection_id=conn.connection_id,

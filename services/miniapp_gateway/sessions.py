@@ -137,9 +137,14 @@ class LocalSession:
             Peer(user_id=m.user_id, connection_id=m.connection_id) for m in self.members.values() if m.active
         ]
 
-    def ahead_of(self, connection_id: str, order: int) -> int:
-        """Connections admitted or waiting before `order`: the ones a new connection queues behind."""
-        return sum(1 for m in self.members.values() if m.connection_id != connection_id and m.order < order)
+    def ahead_of(self, connection_id: str, order: int, user_id: str | None = None) -> int:
+        """Connections admitted or waiting before `order` (of `user_id` only, if given): the ones a
+        new connection queues behind."""
+        return sum(
+            1
+            for m in self.members.values()
+            if m.connection_id != connection_id and m.order < order and user_id in (None, m.user_id)
+        )
 
     async def wait_seen(self, revision: int) -> None:
         """Until the presence view has applied the bucket up to `revision` (a write of ours)."""

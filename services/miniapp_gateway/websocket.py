@@ -1,9 +1,9 @@
 """`GET /ws/miniapp/{session_id}?token=<jwt>`: handshake and admission of one socket.
 
 Browsers cannot read the status of a refused upgrade, so refusals complete the upgrade and close
-with a code and a reason (4400 malformed session id, 4001 bad token, 4003 not allowed, 4029
-session full). Only a draining replica answers before the upgrade (503), so a load balancer
-sends the browser elsewhere.
+with a code and a reason: 4400 malformed session id, 4001 bad token, 4003 not allowed (or from an
+origin not allowed), 4029 session full (or the user holds too many of its sockets). Only a
+draining replica answers before the upgrade (503), so a load balancer sends the browser elsewhere.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
 
     session_id = request.match_info.get("session_id", "")
+    if not settings.allows_origin(request.headers.get("Origin")):
+        return await _refuse(ws, gateway, "forbidden", CloseCode.FORBIDDEN, "origin not allowed")
     if not is_token(session_id):
         return await _refuse(ws, gateway, "bad_session_id", CloseCode.BAD_SESSION_ID, "malformed session id")
     try:
@@ -56,8 +58,8 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
         session = await gateway.hub.join(conn)
     except NotMember as err:
         return await _refuse(ws, gateway, "forbidden", CloseCode.FORBIDDEN, err.message)
-    except SessionFull:
-        return await _refuse(ws, gateway, "session_full", CloseCode.SESSION_FULL, "session full")
+    except SessionFull as err:
+        return await _refuse(ws, gateway, "session_full", CloseCode.SESSION_FULL, err.message)
     except NATS_ERRORS as err:
         log.warning("cannot admit a socket: %s", err)
         return await _refuse(ws, gateway, "unavailable", CloseCode.TRY_AGAIN_LATER, "try again later")

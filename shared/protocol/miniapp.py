@@ -26,6 +26,8 @@ UserId = Annotated[str, Field(pattern=USER_ID_PATTERN)]
 MAX_FRAME_BYTES = 64 * 1024
 MAX_STATE_BYTES = 256 * 1024
 MAX_CONNECTIONS_PER_SESSION = 200
+# Sockets one user may hold in one session, so that no user can fill it (close 4029).
+MAX_SOCKETS_PER_USER = 5
 # Members a session may list (DESIGN section 5, "Who may join").
 MAX_MEMBERS = 1000
 # What a member list can add to a session record: every id at its longest, quoted, with commas.

@@ -2,6 +2,10 @@
 
 Every setting is an environment variable. A secret may also come from a file: `NAME_FILE` holds
 the path (how Kubernetes mounts Secrets), and wins over `NAME`.
+
+Fail closed: with nothing set a service is `production`, listens on every interface and refuses to
+start without real secrets; `development` (set explicitly, by `make run` and the tests) listens on
+127.0.0.1 and allows the conveniences each service documents.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ class ServiceSettings(BaseSettings):
 
     nats_url: str = "nats://127.0.0.1:4222"
     nats_creds: str | None = None
-    environment: Environment = Environment.DEVELOPMENT
-    host: str = "0.0.0.0"
+    environment: Environment = Environment.PRODUCTION
+    # None: every interface in production and staging, loopback in development.
+    host: str | None = None
     port: int = Field(default=8080, ge=0, le=65535)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] | None = None
@@ -52,6 +57,12 @@ class ServiceSettings(BaseSettings):
         return data
 
     @property
+    def listen_host(self) -> str:
+        if self.host is not None:
+            return self.host
+        return "127.0.0.1" if self.environment is Environment.DEVELOPMENT else "0.0.0.0"
+
+    @property
     def nats_servers(self) -> list[str]:
         return [s.strip() for s in self.nats_url.split(",") if s.strip()]
 
@@ -60,6 +71,23 @@ class ServiceSettings(BaseSettings):
         if self.log_format is not None:
             return self.log_format == "json"
         return self.environment is Environment.PRODUCTION
+
+
+# Shortest secret accepted outside development (HMAC-SHA256 keys and Supabase JWT secrets alike).
+MIN_SECRET_BYTES = 32
+
+
+def check_secret(
+    name: str, value: str | None, environment: Environment, published: str | None = None
+) -> None:
+    """Refuse, outside development, a secret shorter than `MIN_SECRET_BYTES` or one published in
+    this repository; raises `ValueError` naming the setting."""
+    if value is None or environment is Environment.DEVELOPMENT:
+        return
+    if published is not None and value == published:
+        raise ValueError(f"{name} is the published development secret; set a secret of your own")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(f"{name} must be at least {MIN_SECRET_BYTES} bytes when ENVIRONMENT={environment}")
 
 
 S = TypeVar("S", bound=ServiceSettings)

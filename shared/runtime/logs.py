@@ -1,8 +1,15 @@
-"""Structured logging: JSON lines in production, readable text in development."""
+"""Structured logging: JSON lines in production, readable text in development.
+
+No token reaches a log line: the services never log one, and as a second line of defence every
+line is scrubbed of what looks like a credential (a JWT, a bearer token, a `token=` parameter, a
+long base64 run such as an edge token) whatever path it came by: a library's warning, an exception
+message, a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -10,6 +17,19 @@ from typing import Any
 import orjson
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+# Each stops at a quote or a backslash, so scrubbing a JSON line keeps it valid JSON.
+_CREDENTIALS = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*)*"  # a JWT, whole or cut short
+    r"|(?<=Bearer )[^\s\"'\\,]+"  # an Authorization header's value
+    r"|(?<=token=)[^&\s\"'\\]+"  # a token in a query string
+    r"|[A-Za-z0-9+/]{64,}={0,2}",  # a long base64 run: an edge token, a signature
+    re.IGNORECASE,
+)
+
+
+def redact(line: str) -> str:
+    return _CREDENTIALS.sub("<redacted>", line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,14 +54,14 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return redact(orjson.dumps(out, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
-        return f"{base} {extras}" if extras else base
+        return redact(f"{base} {extras}" if extras else base)
 
 
 def configure(service: str, level: str, json_lines: bool) -> None:
@@ -55,3 +75,5 @@ def configure(service: str, level: str, json_lines: bool) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log repeats every probe; keep it at warnings.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Its WebSocket warning repeats the subprotocols a client offered, where browsers put tokens.
+    logging.getLogger("aiohttp.websocket").setLevel(logging.ERROR)

@@ -73,6 +73,13 @@ class ServiceMetrics:
             registry=r,
         )
         self.draining = Gauge("ikiro_draining", "1 once shutdown has begun.", registry=r)
+        self.http_refused = Counter(
+            "ikiro_http_connections_refused_total",
+            "HTTP connections closed before a request was served: no whole request within the header "
+            "timeout (header_timeout), or a malformed one (malformed).",
+            ["reason"],
+            registry=r,
+        )
 
     def count_nats_traffic(self, stats: Mapping[str, int]) -> None:
         """Export the NATS client's own message and byte counts (its `stats`), read at scrape time."""

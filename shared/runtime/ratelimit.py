@@ -47,13 +47,18 @@ class WindowCounter:
 
 
 class KeyedWindowLimiter:
-    """At most `per_window` requests per key per fixed window of `window_s`, in bounded memory."""
+    """At most `per_window` requests per key per fixed window of `window_s`, in bounded memory.
+
+    Past `max_keys` keys in one window the least recently seen key is forgotten (it starts its count
+    again): a flood of new keys costs the oldest ones a fresh window, it never turns the limit off.
+    """
 
     def __init__(self, per_window: int, window_s: float = 60.0, max_keys: int = 100_000) -> None:
         self.per_window = per_window
         self.window_s = window_s
         self.max_keys = max_keys
         self._window = -1
+        # Insertion order is recency order: each count is moved to the end when it is touched.
         self._counts: dict[str, int] = {}
 
     def retry_after(self, key: str, now: float | None = None) -> int | None:
@@ -62,9 +67,13 @@ class KeyedWindowLimiter:
         window = int(now // self.window_s)
         if window != self._window:
             self._window, self._counts = window, {}
-        count = self._counts.get(key, 0) + 1
+        count = self._counts.pop(key, 0) + 1
+        if len(self._counts) >= self.max_keys:
+            del self._counts[next(iter(self._counts))]
+        self._counts[key] = count
         if count > self.per_window:
             return max(1, math.ceil((window + 1) * self.window_s - now))
-        if len(self._counts) < self.max_keys or key in self._counts:
-            self._counts[key] = count
         return None
+
+    def __len__(self) -> int:
+        return len(self._counts)

@@ -29,6 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared.broker.connection import connect
 from shared.runtime.config import S, ServiceSettings, load_settings
+from shared.runtime.http import GuardedRunner
 from shared.runtime.logs import configure as configure_logging
 from shared.runtime.metrics import ServiceMetrics
 from shared.runtime.tasks import TaskOwner
@@ -124,11 +125,11 @@ async def serve(app: web.Application, settings: ServiceSettings, stop: asyncio.E
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = GuardedRunner(app, app[METRICS].http_refused, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    site = web.TCPSite(runner, settings.listen_host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
-    log.info("listening", extra={"host": settings.host, "port": settings.port})
+    log.info("listening", extra={"host": settings.listen_host, "port": settings.port})
     await stop.wait()
 
     log.info("shutdown begins")

@@ -91,9 +91,10 @@ class EdgeStack:
 
 
 def make_token(
-    agent_id: str, secret: str = SECRET, ts: int | None = None, signature: str | None = None
+    agent_id: str, secret: str = SECRET, ts: int | str | None = None, signature: str | None = None
 ) -> str:
-    """The HMAC token of DESIGN section 3, built from its text alone."""
+    """The HMAC token of DESIGN section 3, built from its text alone (`ts` as text: any timestamp
+    field at all, signed)."""
     message = f"{agent_id}:+15551234567:{int(time.time()) if ts is None else ts}"
     sig = signature or hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
     return base64.b64encode(f"{message}:{sig}".encode()).decode()

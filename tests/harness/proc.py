@@ -56,7 +56,9 @@ async def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in INHERITED if k in os.environ}
-    return {**env, "PYTHONUNBUFFERED": "1", "LOG_FORMAT": "text", "LOG_LEVEL": "WARNING", **extra}
+    # The services fail closed (production) unless told; a test that means production says so.
+    defaults = {"ENVIRONMENT": "development", "LOG_FORMAT": "text", "LOG_LEVEL": "WARNING"}
+    return {**env, "PYTHONUNBUFFERED": "1", **defaults, **extra}
 
 
 class Proc:

@@ -17,11 +17,14 @@ from services.edge_gateway.app import create_app as create_edge_gateway
 from services.edge_gateway.config import EdgeGatewaySettings
 from services.miniapp_gateway.app import create_app as create_miniapp_gateway
 from services.miniapp_gateway.config import MiniAppSettings
-from shared.runtime.service import SERVICE
+from shared.runtime.http import GuardedRunner
+from shared.runtime.service import METRICS, SERVICE
 from tests.harness.proc import free_port
 
 EDGE_SECRET = "integration-edge-secret"
 JWT_SECRET = "integration-supabase-secret-0123456789abcdef"
+# The services fail closed (production) unless told; these apps are development ones.
+DEVELOPMENT = {"environment": "development"}
 FAST_TIMERS = {"ack_timeout_s": 0.5, "max_ack_timeout_s": 2.0, "offline_recheck_s": 1.0}
 
 
@@ -29,7 +32,7 @@ FAST_TIMERS = {"ack_timeout_s": 0.5, "max_ack_timeout_s": 2.0, "offline_recheck_
 class RunningApp:
     app: web.Application
     nc: NATS
-    runner: web.AppRunner
+    runner: GuardedRunner
     port: int
 
     @property
@@ -54,7 +57,7 @@ async def serve(
     app = create_app(settings, nc)
     if prepare is not None:
         prepare(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = GuardedRunner(app, app[METRICS].http_refused, shutdown_timeout=1.0)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -63,13 +66,15 @@ async def serve(
 
 async def dispatcher(nats_url: str, **overrides: Any) -> RunningApp:
     return await serve(
-        create_dispatcher, DispatcherSettings(nats_url=nats_url, **{**FAST_TIMERS, **overrides})
+        create_dispatcher,
+        DispatcherSettings(nats_url=nats_url, **{**DEVELOPMENT, **FAST_TIMERS, **overrides}),
     )
 
 
 async def edge_gateway(nats_url: str, **overrides: Any) -> RunningApp:
     return await serve(
-        create_edge_gateway, EdgeGatewaySettings(nats_url=nats_url, edge_secret=EDGE_SECRET, **overrides)
+        create_edge_gateway,
+        EdgeGatewaySettings(nats_url=nats_url, edge_secret=EDGE_SECRET, **{**DEVELOPMENT, **overrides}),
     )
 
 
@@ -79,6 +84,6 @@ async def miniapp_gateway(nats_url: str, **overrides: Any) -> RunningApp:
         supabase_jwt_secret=JWT_SECRET,
         heartbeat_interval_s=0.3,
         presence_ttl_s=2,
-        **overrides,
+        **{**DEVELOPMENT, **overrides},
     )
     return await serve(create_miniapp_gateway, settings)

@@ -64,6 +64,17 @@ def malformed(bad: str) -> Upgrade:
     )
 
 
+def signed_at(ts: str) -> Upgrade:
+    return upgrade(lambda a: f"Bearer {make_token(a, ts=ts)}")
+
+
+# Timestamps Python's str.isdigit() takes and int() refuses, or that overflow a float.
+BAD_TIMESTAMPS = {
+    "of 400 digits": "9" * 400,
+    "'²'": "²",
+    "in Arabic-Indic digits": "\u0661\u0667" + "\u0660" * 8,
+}
+
 REFUSED: dict[str, tuple[int, Upgrade]] = {
     **{
         f"malformed id {bad!r}": (400, malformed(bad))
@@ -87,6 +98,8 @@ REFUSED: dict[str, tuple[int, Upgrade]] = {
         401,
         upgrade(lambda a: "Bearer " + base64.b64encode(f"{a}:+1:x:{'0' * 64}".encode()).decode()),
     ),
+    # Signed, so only the timestamp's form is wrong (was 500 with a traceback).
+    **{f"signed ts {name}": (401, signed_at(ts)) for name, ts in BAD_TIMESTAMPS.items()},
     "wrong raw secret": (401, upgrade(lambda a: f"Bearer {OTHER_SECRET}")),
     # Was a deviation: the raw previous secret was taken as a legacy token.
     "raw previous secret": (401, upgrade(lambda a: f"Bearer {PREVIOUS_SECRET}")),
