@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -25,6 +26,7 @@ from tests.harness.edge import (
     EdgeStack,
     assert_error_body,
     body_for,
+    edge_headers,
     gateway_env,
     get_agent,
     make_token,
@@ -210,6 +212,49 @@ async def test_sync_body_over_1_mib_413_and_of_exactly_1_mib_read(
     status, reply, _ = await sync(http, stack.gateway.http, agent, raw=body(1024 * 1024 + 100))
     assert status == 413, reply
     assert_error_body(reply)
+
+
+async def chunked(fill: bytes, total: int) -> AsyncIterator[bytes]:
+    """`total` bytes in 64 KiB chunks, sent with Transfer-Encoding: chunked (no Content-Length)."""
+    for start in range(0, total, 64 * 1024):
+        yield fill * min(64 * 1024, total - start)
+
+
+@pytest.mark.parametrize("size", [1024 * 1024 + 1, 1024 * 1024 + 64 * 1024])
+async def test_sync_chunked_body_over_1_mib_413(
+    stack: EdgeStack, http: aiohttp.ClientSession, agent: str, size: int
+) -> None:
+    # Was: a chunked body of exactly 1,048,577 bytes was read and parsed (413 only with Content-Length).
+    headers = {**edge_headers(agent), "Content-Type": "application/json"}
+    async with http.post(
+        f"{stack.gateway.http}/edge/sync", data=chunked(b" ", size), headers=headers, chunked=True
+    ) as r:
+        assert r.status == 413, await r.text()
+        assert_error_body(await r.json())
+
+
+@pytest.mark.parametrize("case", ["no token", "forged token", "over the rate"])
+async def test_sync_refuses_from_the_headers_before_the_body_arrives(
+    stack: EdgeStack, http: aiohttp.ClientSession, agent: str, case: str
+) -> None:
+    """A caller the headers already refuse is answered at once, its 1 MiB body never read: the
+    request below announces it and sends none, and still gets its answer."""
+    headers = edge_headers(agent, token=make_token(agent, secret=OTHER_SECRET))
+    if case == "no token":
+        del headers["Authorization"]
+    if case == "over the rate":
+        headers = edge_headers(agent)
+        for _ in range(SYNC_RATE_PER_MIN):
+            assert (await sync(http, stack.gateway.http, agent))[0] == 200
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+    lines = [f"{k}: {v}" for k, v in {**headers, "Host": "x", "Content-Length": str(1024 * 1024)}.items()]
+    writer.write(("POST /edge/sync HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode())
+    try:
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+    assert status_line.split()[1] == (b"429" if case == "over the rate" else b"401"), status_line
 
 
 async def test_sync_rate_limit_429_with_retry_after(

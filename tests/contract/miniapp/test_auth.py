@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import jwt
 
-from tests.harness.miniapp import make_token, new_session, new_user, open_socket
+from tests.harness.miniapp import SECRET, claims_for, forge, make_token, new_session, new_user, open_socket
 from tests.harness.proc import Service
 
 LEEWAY_S = 30
@@ -55,6 +55,9 @@ async def test_bad_refresh_is_invalid_token_and_changes_nothing(
         "garbage",
         "",
         "x" * (20 * 1024),
+        # Signed, same user, an alg that is not a string. Was: internal_error.
+        forge({"alg": ["HS256"]}, claims_for(user), SECRET.encode()),
+        forge({"alg": {"HS256": 1}}, claims_for(user), SECRET.encode()),
     ]
     for token in refusals:
         await browser.send("auth", {"token": token})

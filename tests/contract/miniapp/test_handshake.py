@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.contract.miniapp.conftest import StartReplica
 from tests.harness.miniapp import (
     AUDIENCE,
+    SECRET,
     claims_for,
     forge,
     join,
@@ -20,8 +23,10 @@ from tests.harness.miniapp import (
     new_session,
     new_user,
     open_socket,
+    socket_url,
 )
 from tests.harness.proc import Service
+from tests.harness.ws import connect
 
 
 def es256_token() -> str:
@@ -29,6 +34,28 @@ def es256_token() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     return jwt.encode(claims_for(new_user()), key, algorithm="ES256", headers={"kid": "k1"})
 
+
+def signed(header: dict[str, Any]) -> str:
+    return forge(header, claims_for(new_user()), SECRET.encode())
+
+
+def signed_with_alg(alg: Any) -> Callable[[], str]:
+    return lambda: signed({"alg": alg})
+
+
+def token_for(sub: str) -> Callable[[], str]:
+    return lambda: make_token(sub)
+
+
+# A JWT header is any JSON: `alg` of every other type.
+ODD_ALGS: dict[str, Any] = {
+    "list": ["HS256"],
+    "object": {"HS256": True},
+    "number": 256,
+    "null": None,
+    "true": True,
+}
+ODD_SUBS = {"bidi_override": "evil\u202egnp.exe", "newline": "a\nb", "nul": "a\x00b", "space": "a b"}
 
 REFUSED: dict[str, tuple[int, Callable[[], str | None]]] = {
     "es256_without_jwks": (4001, es256_token),
@@ -46,6 +73,11 @@ REFUSED: dict[str, tuple[int, Callable[[], str | None]]] = {
     "empty": (4001, lambda: ""),
     "missing": (4001, lambda: None),
     "role_not_allowed": (4003, lambda: make_token(new_user(), role="anon")),
+    # Signed with the gateway's own secret, so only the shape is wrong. Was: a 1006 close and a traceback.
+    **{f"alg_{name}": (4001, signed_with_alg(alg)) for name, alg in ODD_ALGS.items()},
+    "alg_missing": (4001, lambda: signed({"typ": "JWT"})),
+    # Relayed to peers and logged, so printable ASCII only. Was: taken and relayed as is.
+    **{f"sub_{name}": (4001, token_for(sub)) for name, sub in ODD_SUBS.items()},
 }
 
 
@@ -125,3 +157,27 @@ async def test_connected_carries_the_contract_fields_and_counts_every_replica(
     assert sorted(p["user_id"] for p in third_connected["peers"]) == sorted(
         [first_user, second_user, second_user]
     )
+
+
+async def test_an_origin_outside_miniapp_allowed_origins_closes_4003(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """Cross-site WebSocket hijacking: a page elsewhere cannot open a socket with a user's token.
+    Without an `Origin` (not a browser) the socket is not checked."""
+    replica = await start_replica(MINIAPP_ALLOWED_ORIGINS="https://app.ikiro.ai, http://localhost:5173")
+    url = socket_url(replica, new_session(), make_token(new_user()))
+    origins = ["https://evil.example", "https://app.ikiro.ai.evil.example", "null", "https://APP.ikiro.ai"]
+    outcomes: dict[str | None, object] = {}
+    for origin in [*origins, None]:
+        browser = await connect(http, url, headers=None if origin is None else {"Origin": origin})
+        frame = await browser.next()
+        admitted = frame is not None and frame["type"] == "connected"
+        outcomes[origin] = "in" if admitted else (browser.close_code, browser.close_reason)
+        await browser.close()
+    assert outcomes == {
+        "https://evil.example": (4003, "origin not allowed"),
+        "https://app.ikiro.ai.evil.example": (4003, "origin not allowed"),
+        "null": (4003, "origin not allowed"),
+        "https://APP.ikiro.ai": "in",  # scheme and host are case-insensitive
+        None: "in",
+    }

@@ -9,12 +9,19 @@ import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
+from tests.contract.miniapp.conftest import StartReplica
 from tests.harness.bus import request
 from tests.harness.miniapp import CAP, join, make_token, new_session, new_user, open_socket, socket_url
 from tests.harness.proc import Service
 from tests.harness.ws import Socket, fragmented_message_close, frame_of_size
 
 KIB = 1024
+
+
+async def outcome(browser: Socket) -> str:
+    """ "in" for a socket admitted to its session, else its close code."""
+    frame = await browser.next()
+    return "in" if frame is not None and frame["type"] == "connected" else f"{browser.close_code}"
 
 
 @pytest.mark.parametrize("compress", [0, 15], ids=["plain", "deflate"])
@@ -100,10 +107,6 @@ async def test_connection_cap_counts_every_replica_and_closes_4029(
         *(open_socket(http, (a, b)[n % 2], session, make_token(new_user())) for n in range(CAP + 3))
     )
 
-    async def outcome(browser: Socket) -> str:
-        frame = await browser.next()
-        return "in" if frame is not None and frame["type"] == "connected" else f"{browser.close_code}"
-
     outcomes = await asyncio.gather(*(outcome(x) for x in attempts))
     assert sorted(outcomes) == ["4029"] * 3 + ["in"] * CAP
     assert {x.close_reason for x, o in zip(attempts, outcomes, strict=True) if o != "in"} == {"session full"}
@@ -116,6 +119,30 @@ async def test_connection_cap_counts_every_replica_and_closes_4029(
     await admitted[1].expect("presence", event="left")
     _late, connected = await join(http, b, session)
     assert connected["connection_count"] == CAP
+
+
+async def test_one_user_holds_at_most_5_sockets_of_a_session_across_replicas(
+    start_replica: StartReplica, http: aiohttp.ClientSession
+) -> None:
+    """MINIAPP_MAX_SOCKETS_PER_USER at its default (5), under a session cap high enough not to
+    matter: one user's sixth socket and later are closed 4029, and others still get in.
+    Was: one listed member could take all 200 places."""
+    a, b = [await start_replica(MAX_CONNECTIONS_PER_SESSION="50") for _ in range(2)]
+    session, greedy = new_session(), new_user()
+    attempts = await asyncio.gather(
+        *(open_socket(http, (a, b)[n % 2], session, make_token(greedy)) for n in range(8))
+    )
+    outcomes = await asyncio.gather(*(outcome(x) for x in attempts))
+    assert sorted(outcomes) == ["4029"] * 3 + ["in"] * 5
+    refused = {x.close_reason for x, o in zip(attempts, outcomes, strict=True) if o != "in"}
+    assert refused == {"too many connections for this user"}
+    other, connected = await join(http, b, session)
+    assert connected["connection_count"] == 6
+    # A socket the user closes frees one of its places.
+    await next(x for x, o in zip(attempts, outcomes, strict=True) if o == "in").close()
+    await other.expect("presence", event="left")
+    _again, connected = await join(http, a, session, greedy)
+    assert connected["connection_count"] == 6
 
 
 async def test_client_too_slow_to_read_is_closed_1013_and_the_others_keep_up(
