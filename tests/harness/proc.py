@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -54,11 +54,13 @@ async def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+def clean_env(**extra: str | None) -> dict[str, str]:
+    """The environment of a service process: the suite's defaults and `extra` (a None leaves it unset)."""
     env = {k: os.environ[k] for k in INHERITED if k in os.environ}
     # The services fail closed (production) unless told; a test that means production says so.
     defaults = {"ENVIRONMENT": "development", "LOG_FORMAT": "text", "LOG_LEVEL": "WARNING"}
-    return {**env, "PYTHONUNBUFFERED": "1", **defaults, **extra}
+    merged = {**env, "PYTHONUNBUFFERED": "1", **defaults, **extra}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 class Proc:
@@ -111,7 +113,7 @@ class Proc:
 class Service(Proc):
     """`python -m <module>` on a free port, configured by environment variables only."""
 
-    def __init__(self, module: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, module: str, env: Mapping[str, str | None], log_dir: Path) -> None:
         self.port = free_port()
         full = clean_env(**env, HOST="127.0.0.1", PORT=str(self.port))
         super().__init__(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], full, log_dir)
@@ -137,7 +139,7 @@ class Service(Proc):
 
 
 async def run_to_exit(
-    module: str, env: dict[str, str], log_dir: Path, timeout: float = 20
+    module: str, env: Mapping[str, str | None], log_dir: Path, timeout: float = 20
 ) -> tuple[int, list[str]]:
     """Run a service that is expected to exit by itself: its exit code and non-empty output lines."""
     proc = Proc(module, [sys.executable, "-m", module], clean_env(**env), log_dir)

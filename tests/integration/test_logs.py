@@ -4,6 +4,7 @@ the legacy raw secret, `/edge/sync` and in-band refreshes go through them."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -56,11 +57,14 @@ async def test_edge_secrets_and_tokens_stay_out_of_the_logs(
         assert status == 401
         assert (await edge.sync(http, gateway.http, agent, token=token))[0] == 200
         assert (await edge.sync(http, gateway.http, agent, token=forged))[0] == 401
+        # A header line over aiohttp's 8,190-byte limit, the token at its start.
+        oversized = edge.make_token(agent + "-oversized")
+        assert await raw_status(gateway.port, f"Authorization: Bearer {oversized}{'A' * 9000}") == 400
         await edge.wait_state(nc, command_id, "completed")
     finally:
         for svc in services:
             svc.stop()
-    assert_absent([dispatcher, gateway], edge.SECRET, edge.PREVIOUS_SECRET, token, forged)
+    assert_absent([dispatcher, gateway], edge.SECRET, edge.PREVIOUS_SECRET, token, forged, oversized[:40])
 
 
 async def test_miniapp_secrets_and_tokens_stay_out_of_the_logs(
@@ -80,6 +84,26 @@ async def test_miniapp_secrets_and_tokens_stay_out_of_the_logs(
         await browser.close()
         refused = await miniapp.open_socket(http, replica, session, forged)
         assert (await refused.expect_close())[0] == 4001
+        # A token offered as a subprotocol (as some browser clients do): aiohttp warned with it.
+        offered = miniapp.make_token(user, exp_in=60)
+        url = miniapp.socket_url(replica, session, token)
+        async with http.ws_connect(url, protocols=[offered]) as ws:
+            assert (await ws.receive()).type == aiohttp.WSMsgType.TEXT  # connected
+        # A request line over 8,190 bytes: aiohttp logged its first 100 bytes at ERROR.
+        in_url = miniapp.make_token(user, exp_in=120)
+        line = f"GET /ws/miniapp/{session}?token={in_url}&pad={'x' * 9000} HTTP/1.1"
+        assert await raw_status(replica.port, "Host: x", request_line=line) == 400
     finally:
         replica.stop()
-    assert_absent([replica], miniapp.SECRET, token, fresh, forged)
+    assert_absent([replica], miniapp.SECRET, token, fresh, forged, offered, in_url[:40])
+
+
+async def raw_status(port: int, header: str, request_line: str = "GET /healthz HTTP/1.1") -> int:
+    """The status of a request written by hand (what no HTTP client library would send)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"{request_line}\r\n{header}\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            return int((await reader.readline()).split()[1])
+    finally:
+        writer.close()
