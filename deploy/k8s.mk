@@ -13,7 +13,7 @@ K8S_RENDERED := $(K8S_TOOLS_DIR)/rendered
 K8S_OVERLAYS := $(notdir $(wildcard deploy/k8s/overlays/*))
 K8S_MONITORING := deploy/k8s/components/monitoring
 
-.PHONY: k8s-tools k8s-render k8s-check k8s-rules
+.PHONY: k8s-tools k8s-render k8s-check k8s-rules k8s-dev-secrets
 
 $(K8S_PY_STAMP): $(STAMP) deploy/requirements-k8s.txt
 	$(PY) -m pip install --quiet -r deploy/requirements-k8s.txt
@@ -34,7 +34,11 @@ $(PROMTOOL):
 
 k8s-tools: $(K8S_PY_STAMP) $(KUSTOMIZE) $(PROMTOOL)
 
-k8s-render: k8s-tools
+# The dev overlay's secrets: random, local, never committed (kept if they exist).
+k8s-dev-secrets:
+	$(PYTHON) deploy/scripts/dev_secrets.py
+
+k8s-render: k8s-tools k8s-dev-secrets
 	rm -rf $(K8S_RENDERED) && mkdir -p $(K8S_RENDERED)
 	set -e; for o in $(K8S_OVERLAYS); do $(KUSTOMIZE) build deploy/k8s/overlays/$$o > $(K8S_RENDERED)/$$o.yaml; done
 

@@ -43,14 +43,14 @@ class _GuardedHandler(RequestHandler):
         return cast(_GuardedServer, self._manager).refused
 
     def _process_keepalive(self) -> None:
-        open_before = not self._force_close
+        open_before, peer = not self._force_close, _peer(self)
         super()._process_keepalive()
         if open_before and self._force_close and self._request_count == 0:
             self._refused.labels(reason="header_timeout").inc()
             log.info(
                 "closed a connection without a whole request after %.0f s",
                 self._keepalive_timeout,
-                extra={"peer": _peer(self)},
+                extra={"peer": peer},
             )
 
     def handle_error(

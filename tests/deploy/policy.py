@@ -217,6 +217,9 @@ def service_violations(objects: list[Obj]) -> list[str]:
                 out.append(f"{_name(ing)}: {key} must be >= 3600")
         if not ing["spec"].get("tls"):
             out.append(f"{_name(ing)}: no TLS")
+        for key in ("nginx.ingress.kubernetes.io/limit-connections", "nginx.ingress.kubernetes.io/limit-rps"):
+            if not str(ann.get(key, "")).isdigit():
+                out.append(f"{_name(ing)}: {key} must cap each client IP (SECURITY.md)")
         paths = {p["path"] for r in ing["spec"].get("rules") or [] for p in r["http"]["paths"]}
         if paths != {"/edge/ws", "/edge/sync", "/ws/miniapp/"}:
             out.append(f"{_name(ing)}: routes {sorted(paths)}, expected only the three public paths")

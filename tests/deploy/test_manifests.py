@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,24 @@ def test_a_placeholder_secret_in_prod_is_caught(prod: list[Obj]) -> None:
     assert policy.prod_secret_violations(leaked) == [
         "Secret/ikiro-edge-secret: production must not render Secrets"
     ]
+
+
+def test_an_ingress_without_per_ip_caps_is_caught(prod: list[Obj]) -> None:
+    broken = copy.deepcopy(prod)
+    del policy.kind(broken, "Ingress")[0]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/limit-rps"]
+    assert any("limit-rps must cap each client IP" in v for v in policy.service_violations(broken))
+
+
+def test_no_overlay_commits_a_secret_value() -> None:
+    """Secret generators read files git ignores (the dev overlay's come from `make k8s-dev-secrets`);
+    a literal or a tracked file in a kustomization would be a secret in the repository."""
+    yaml = module("yaml")
+    for overlay in OVERLAYS:
+        kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+        for generator in kustomization.get("secretGenerator") or []:
+            assert not generator.get("literals"), f"{overlay.name}: {generator['name']} has literals"
+            assert not generator.get("envs"), f"{overlay.name}: {generator['name']} reads an env file"
+            for entry in generator.get("files") or []:
+                path = overlay / entry.split("=", 1)[-1]
+                ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=K8S, check=False)
+                assert ignored.returncode == 0, f"{path} is not ignored by git"

@@ -59,8 +59,10 @@ def module(name: str) -> Any:
 
 
 def kustomize_build(path: Path) -> list[dict[str, Any]]:
-    """Render a kustomization and return its objects."""
+    """Render a kustomization and return its objects (the dev overlay's local secrets made first)."""
     yaml = module("yaml")
+    made = run([sys.executable, str(K8S.parent / "scripts" / "dev_secrets.py")])
+    assert made.returncode == 0, made.stderr
     out = subprocess.run(
         [tool("kustomize", "KUSTOMIZE"), "build", str(path)], capture_output=True, text=True, check=False
     )

@@ -5,20 +5,23 @@ the same gateway keeps its latency."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
 from tests.harness import fuzz
 from tests.harness.bus import assert_answered, every_subject, request
-from tests.harness.edge import EdgeStack, edge_headers, edge_socket, make_token, raw_upgrade, sync
+from tests.harness.edge import EdgeStack, body_for, edge_headers, edge_socket, make_token, raw_upgrade, sync
 from tests.harness.fuzz import Calm
 from tests.harness.ws import Socket
 
@@ -137,6 +140,65 @@ async def test_any_sync_body_is_answered_with_an_exact_status(
         assert set(reply) == {"commands", "ack_events", "config_updates"}
     else:
         assert reply["error"]["code"] and reply["error"]["message"]
+    no_traceback(stack, log_start)
+
+
+MAX_SYNC_BODY = 1024 * 1024
+KIB_64 = 64 * 1024
+
+
+@settings(max_examples=12)
+@given(
+    off_the_limit=st.integers(-4, 4) | st.integers(-KIB_64, KIB_64),
+    chunk=st.integers(4 * 1024, 256 * 1024) | st.sampled_from([1000, 65535, 65536, 65537]),
+)
+async def test_a_chunked_sync_body_near_the_limit_is_taken_up_to_1_mib_and_413_past_it(
+    stack: EdgeStack, log_start: int, off_the_limit: int, chunk: int
+) -> None:
+    """A valid body padded with whitespace to the limit + `off_the_limit`, sent chunked (no
+    Content-Length to check first) in chunks of `chunk` bytes."""
+    size = MAX_SYNC_BODY + off_the_limit
+    agent = f"fz-{uuid.uuid4().hex[:10]}"
+    core = json.dumps(body_for(agent)).encode()
+    body = core + b" " * (size - len(core))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), chunk):
+            yield body[start : start + chunk]
+
+    headers = {**edge_headers(agent), "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{stack.gateway.http}/edge/sync", data=chunks(), headers=headers, chunked=True) as r,
+    ):
+        assert r.status == (200 if size <= MAX_SYNC_BODY else 413), (size, await r.text())
+    no_traceback(stack, log_start)
+
+
+@settings(max_examples=8)
+@given(cuts=st.lists(st.floats(0, 1), max_size=12), pause_s=st.floats(0, 0.25))
+async def test_a_request_whose_headers_drip_in_within_10_s_is_served(
+    stack: EdgeStack, log_start: int, cuts: list[float], pause_s: float
+) -> None:
+    """The header deadline cuts only the incomplete: a whole /edge/sync request sent in pieces,
+    with pauses (at most 3 s in all), is answered as if sent at once."""
+    agent = f"fz-{uuid.uuid4().hex[:10]}"
+    body = json.dumps(body_for(agent)).encode()
+    headers = {**edge_headers(agent), "Host": "x", "Content-Length": len(body)}
+    head = "POST /edge/sync HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    request_bytes = head.encode() + body
+    points = sorted({int(c * len(request_bytes)) for c in cuts} | {0, len(request_bytes)})
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.port)
+    try:
+        for start, end in itertools.pairwise(points):
+            writer.write(request_bytes[start:end])
+            await writer.drain()
+            await asyncio.sleep(pause_s)
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"200", status_line
     no_traceback(stack, log_start)
 
 

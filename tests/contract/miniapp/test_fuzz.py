@@ -5,6 +5,7 @@ never logs a traceback for it, and a well-behaved member on the same replica kee
 from __future__ import annotations
 
 import contextlib
+import string
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +19,16 @@ from nats.aio.client import Client as NATS
 from tests.harness import fuzz
 from tests.harness.bus import assert_answered, every_subject, request
 from tests.harness.fuzz import Calm
-from tests.harness.miniapp import join, make_token, new_session, new_user, open_socket
+from tests.harness.miniapp import (
+    SECRET,
+    claims_for,
+    forge,
+    join,
+    make_token,
+    new_session,
+    new_user,
+    open_socket,
+)
 from tests.harness.proc import Service
 from tests.harness.ws import connect
 
@@ -111,6 +121,43 @@ async def test_any_upgrade_completes_and_closes_with_a_contract_code_or_joins(
         code, reason = await socket.expect_close()
     assert code in (4001, 4400) and reason, (code, session, token)
     no_traceback(replicas[0], log_start)
+
+
+# What a browser may offer in Sec-WebSocket-Protocol: tokens (HTTP's `token` characters), a JWT among them.
+TOKEN_CHARS = string.ascii_letters + string.digits + "-._~!#$&'*+^`|"
+SUBPROTOCOLS = st.lists(st.text(alphabet=TOKEN_CHARS, min_size=1), max_size=3)
+HEADER_FIELDS = ["alg", "kid", "typ", "crit", "b64", "jku"]
+CLAIM_FIELDS = ["sub", "exp", "aud", "role", "iat", "nbf"]
+
+
+@given(
+    header=st.dictionaries(st.sampled_from(HEADER_FIELDS), fuzz.JSON, max_size=3),
+    claims=st.dictionaries(st.sampled_from(CLAIM_FIELDS), fuzz.JSON, max_size=3),
+    protocols=SUBPROTOCOLS,
+    offer_the_token=st.booleans(),
+)
+async def test_any_jwt_header_claims_or_subprotocols_join_or_close_4001_4003(
+    replicas: tuple[Service, Service],
+    log_start: int,
+    header: dict[str, Any],
+    claims: dict[str, Any],
+    protocols: list[str],
+    offer_the_token: bool,
+) -> None:
+    """Signed with the gateway's own secret, so every field is read: a JWT header or claim of any
+    JSON type, with any subprotocols offered (the token itself among them, as some browser clients
+    send it). The token never reaches the log."""
+    token = forge({"alg": "HS256", **header}, {**claims_for(new_user()), **claims}, SECRET.encode())
+    offered = [*protocols, token] if offer_the_token else protocols
+    url = f"{replicas[0].ws}/ws/miniapp/{new_session()}?token={token}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=offered) as ws:
+        first = await ws.receive(timeout=5)
+    if first.type == aiohttp.WSMsgType.TEXT:
+        assert first.json()["type"] == "connected", first.data
+    else:
+        assert first.type == aiohttp.WSMsgType.CLOSE and first.data in (4001, 4003), (first, header, claims)
+    no_traceback(replicas[0], log_start)
+    assert token.split(".")[1][:24] not in replicas[0].output()[log_start:]
 
 
 @given(subject=st.sampled_from(API), body=fuzz.bodies())
