@@ -46,6 +46,7 @@ class Evidence:
     settle: dict[str, Any]
     crashes: list[dict[str, Any]] = field(default_factory=list)  # replicas that exited without a fault
     dispatcher_views: dict[str, float | None] = field(default_factory=dict)  # unfinished, per replica
+    intruders: dict[str, Any] = field(default_factory=dict)  # `Intruders.verdict`
     harness_error: str | None = None
 
 

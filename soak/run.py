@@ -29,6 +29,7 @@ from .agent_pool import AgentPool
 from .cluster import Cluster
 from .evidence import Evidence
 from .faults import Faults
+from .intruders import Intruders
 from .miniapp import MiniAppLoad
 from .observer import Observer, Records
 from .procs import SoakError
@@ -189,8 +190,11 @@ async def _load_and_judge(
     faults = Faults(cluster, stack, pool, miniapp, nc, rng)
     records = Records(nc)
     harness_error: str | None = None
+    keys = stack.keys
+    intruders = Intruders(stack.edges, stack.miniapps, keys.edge_secret, keys.jwt_secret, opts.seed)
     submitting = asyncio.create_task(submitter.run(stop))
-    background: list[asyncio.Task[Any]] = [submitting]
+    intruding = asyncio.create_task(intruders.run(stop))
+    background: list[asyncio.Task[Any]] = [submitting, intruding]
     try:
         miniapp.sending.set()
         say(f"load on: {opts.rate:g} commands/s, {opts.members * opts.sessions} MiniApp members writing")
@@ -205,6 +209,7 @@ async def _load_and_judge(
         stop.set()
         await submitting
         await submitter.finish()
+        await intruding
         submit_end = time.time()
         say(f"load off after {time.monotonic() - started:.1f} s: {len(submitter.submissions)} submitted")
 
@@ -248,6 +253,7 @@ async def _load_and_judge(
         },
         harness_error=harness_error,
         dispatcher_views=views,
+        intruders=intruders.verdict(faults.log, stack.log_lines_with),
     )
     return judge(evidence)
 

@@ -148,6 +148,7 @@ class Stack:
         replicas: int = 2,
     ) -> None:
         self.root = root
+        self.keys = keys
         python = root / ".venv" / "bin" / "python"
         self.python = str(python) if python.exists() else "python3"
         base = {k: v for k, v in os.environ.items() if not _SERVICE_VARS.match(k)}

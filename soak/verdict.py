@@ -2,7 +2,8 @@
 
 A run fails on a lost command, a command executed twice, a submit answered with an error whose
 command was stored anyway, an accepted MiniApp update missing from the final state, an update
-never answered, or members that disagree; a harness failure (a target that did not recover) fails
+never answered, members that disagree, a hostile request answered outside the contract or a
+token in a log; a harness failure (a target that did not recover) fails
 it too. Each failing figure comes with evidence in the JSON.
 """
 
@@ -39,6 +40,11 @@ def judge(ev: Evidence) -> dict[str, Any]:
     )
     if disagreements:
         failures.append(f"{disagreements} MiniApp disagreement(s)")
+    hostile = ev.intruders
+    if hostile["answered_otherwise"]:
+        failures.append(f"{hostile['answered_otherwise']} hostile request(s) answered outside the contract")
+    if hostile["tokens_in_logs"]:
+        failures.append(f"{hostile['tokens_in_logs']} token(s) found in a service log")
     if ev.harness_error:
         failures.append(f"harness: {ev.harness_error}")
     return {
@@ -59,6 +65,7 @@ def judge(ev: Evidence) -> dict[str, Any]:
         ],
         "edge": edge,
         "miniapp": mini,
+        "hostile_clients": hostile,
         "service_crashes": [{**c, "at": ctx.rel(c["at"])} for c in ev.crashes],
         "anomalies": {"edge": edge_anomalies, "miniapp": mini_anomalies},
     }
@@ -115,6 +122,13 @@ def table(v: dict[str, Any]) -> str:
             f"{listed['members_view']} s / {listed['sessions_get']} s"
             f" (contract {listed['contract_s']:.0f} s)",
         ),
+        ("HOSTILE CLIENTS", ""),
+        *(
+            (shape, ", ".join(f"{n} {k}" for k, n in counts.items()) or "none sent")
+            for shape, counts in v["hostile_clients"]["by_shape"].items()
+        ),
+        ("ANSWERED OUTSIDE THE CONTRACT", v["hostile_clients"]["answered_otherwise"]),
+        ("TOKENS IN LOGS", v["hostile_clients"]["tokens_in_logs"]),
         ("FAULTS", ""),
     ]
     for c in v["service_crashes"]:
