@@ -65,15 +65,17 @@ class InternalApi:
         return reply.model_dump(mode="json")
 
     async def handle_configure(self, body: bytes) -> dict[str, Any]:
-        """Set who may join; every replica closes (4003) the connections of users no longer listed."""
+        """Set who may join; every replica closes (4003) the connections of users no longer listed.
+
+        `closed` counts from the write itself: the connections the store held just before it
+        (on every replica, read from the bucket, not from a view that may already have seen some
+        of them leave) whose user the record admitted before the write and does not after it."""
         request = parse_request(CONFIGURE_REQUEST, body)
+        present = await self.hub.presence.scan_session(request.session_id)
         before, after = await self.store.configure(request.session_id, request.members)
-        open_by_default = self.hub.open_by_default
+        default = self.hub.open_by_default
         closed = sum(
-            1
-            for peer in await self._peers(request.session_id)
-            if before.admits(peer.user_id, open_by_default)
-            and not after.admits(peer.user_id, open_by_default)
+            1 for p in present if before.admits(p.user_id, default) and not after.admits(p.user_id, default)
         )
         return ConfigureReply(members=after.members, closed=closed).model_dump(mode="json")
 

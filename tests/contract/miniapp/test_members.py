@@ -105,6 +105,22 @@ async def test_removing_a_user_closes_its_sockets_on_every_replica_within_2_s_an
     await watcher.ping_pong()
 
 
+async def test_configure_counts_every_closed_connection_exactly_whichever_replica_answers(
+    replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
+) -> None:
+    """Was: about one reply in three said `closed: 0`, counted from a view that had already seen bob
+    leave. Twenty rounds, alice on one replica, bob on the other, either replica answering."""
+    for round_ in range(20):
+        session, alice, bob = new_session(), new_user(), new_user()
+        await configure(nc, session, [alice, bob])
+        watcher, _ = await join(http, replicas[round_ % 2], session, alice)
+        removed, _ = await join(http, replicas[(round_ + 1) % 2], session, bob)
+        await watcher.expect("presence", event="joined", user_id=bob)
+        assert await configure(nc, session, [alice]) == {"ok": True, "members": [alice], "closed": 1}, round_
+        assert await removed.expect_close(timeout=2) == NOT_A_MEMBER
+        await watcher.close()
+
+
 async def test_a_removed_user_is_not_brought_back_by_a_token_refresh_or_a_new_socket(
     replicas: tuple[Service, Service], http: aiohttp.ClientSession, nc: NATS
 ) -> None:
