@@ -4,14 +4,18 @@ Served only when MINIAPP_DEV_PAGE is on (the default with ENVIRONMENT=developmen
 production) and never routed by the production ingress, which carries only the socket path:
 
   GET /dev/miniapp/{session_id}?token=<jwt>   the page
-  GET /dev/assets/{file}                      the page's script and style, and the client module
+  GET /dev/assets/{file}                      the page's script and style
+  GET /dev/packages/{package}/{file}          the client package's files, as its package.json lists
+                                              them (the page imports it by name, via an import map)
   GET /dev/token?user_id=<id>                 a fresh dev token, for the page's in-band refresh
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -29,8 +33,8 @@ PAGE = WEB / "miniapp-dev" / "index.html"
 ASSETS = {
     "dev.js": WEB / "miniapp-dev" / "dev.js",
     "dev.css": WEB / "miniapp-dev" / "dev.css",
-    "miniapp-client.js": WEB / "miniapp-client" / "miniapp-client.js",
 }
+CLIENT_PACKAGE = WEB / "miniapp-client"
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 DEV_TOKEN_TTL_S = 3600
 SETTINGS = web.AppKey("miniapp_dev_settings", MiniAppSettings)
@@ -38,13 +42,17 @@ USER_ID = re.compile(USER_ID_PATTERN)
 
 
 def add_dev_routes(app: web.Application, settings: MiniAppSettings) -> None:
-    if not all(path.is_file() for path in (PAGE, *ASSETS.values())):
+    manifest = CLIENT_PACKAGE / "package.json"
+    if not all(path.is_file() for path in (PAGE, manifest, *ASSETS.values())):
         # An installed package (the container image) carries no web/: there is no page to serve.
         log.warning("dev page asked for, but %s is not in this install: not served", WEB)
         return
     app[SETTINGS] = settings
     app.router.add_get("/dev/miniapp/{session_id}", page)
     app.router.add_get("/dev/assets/{name}", asset)
+    package = json.loads(manifest.read_text())
+    files = {name: CLIENT_PACKAGE / name for name in package["files"] if name.endswith(".js")}
+    app.router.add_get(f"/dev/packages/{package['name']}/{{name}}", _serve_from(files))
     app.router.add_get("/dev/token", token)
 
 
@@ -55,10 +63,19 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
-    path = ASSETS.get(request.match_info["name"])
-    if path is None:
-        raise web.HTTPNotFound()
-    return _file(path)
+    return await _serve_from(ASSETS)(request)
+
+
+def _serve_from(files: dict[str, Path]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler serving the named files of `files`, and nothing else."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return _file(path)
+
+    return serve
 
 
 async def token(request: web.Request) -> web.Response:

@@ -1,10 +1,11 @@
 // @ts-check
 // The MiniApp dev page: one session, driven by hand or by browser tests (every control has an id).
 //
-// Served at /dev/miniapp/{session_id}?token=<jwt>, assets under /dev/assets/. A `?ws=ws://host:port`
+// Served at /dev/miniapp/{session_id}?token=<jwt>, assets under /dev/assets/, the client package
+// (web/miniapp-client/, by its name through the page's import map) under /dev/packages/. A `?ws=ws://host:port`
 // parameter points the socket at another gateway (development only).
 
-import { MiniAppClient, decodeJwtPayload } from './miniapp-client.js';
+import { MiniAppClient, decodeJwtPayload } from '@ikiro/miniapp-client';
 
 const LOG_LINES = 200;
 const LOG_LINE_CHARS = 600;

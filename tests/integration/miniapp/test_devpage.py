@@ -12,7 +12,8 @@ import pytest
 from tests.harness.miniapp import Replicas, new_session, open_socket, replica_env
 from tests.harness.proc import NatsServer, Service, run_to_exit
 
-DEV_PATHS = ("/dev/miniapp/{session}", "/dev/assets/miniapp-client.js", "/dev/token?user_id=someone")
+CLIENT = "/dev/packages/@ikiro/miniapp-client/miniapp-client.js"
+DEV_PATHS = ("/dev/miniapp/{session}", "/dev/assets/dev.js", CLIENT, "/dev/token?user_id=someone")
 Start = Callable[..., Awaitable[Service]]  # a replica process with these settings
 
 
@@ -35,10 +36,15 @@ async def test_development_serves_the_page_its_assets_and_working_tokens(
     session = new_session()
     status, kind, html = await get(http, f"{replica.http}/dev/miniapp/{session}")
     assert status == 200 and kind.startswith("text/html") and "dev.js" in html
-    for asset, wanted in (("dev.js", "text/javascript"), ("miniapp-client.js", "text/javascript")):
-        status, kind, _ = await get(http, f"{replica.http}/dev/assets/{asset}")
-        assert status == 200 and kind.startswith(wanted), (asset, status, kind)
-    for path in ("/dev/assets/..%2F..%2Fpyproject.toml", "/dev/assets/index.html", "/dev/assets/x.js"):
+    # The page imports the client by its package name, through the import map its CSP allows.
+    assert '"@ikiro/miniapp-client": "' + CLIENT + '"' in html
+    for path in ("/dev/assets/dev.js", CLIENT):
+        status, kind, _ = await get(http, replica.http + path)
+        assert status == 200 and kind.startswith("text/javascript"), (path, status, kind)
+    refused = ["/dev/assets/..%2F..%2Fpyproject.toml", "/dev/assets/index.html", "/dev/assets/x.js"]
+    package = "/dev/packages/@ikiro/miniapp-client/"
+    refused += [package + "package.json", package + "..%2Fminiapp-dev%2Fdev.js", package + "test%2Ffakes.js"]
+    for path in refused:
         assert (await get(http, replica.http + path))[0] == 404, path
     assert (await get(http, f"{replica.http}/dev/miniapp/not.a.session"))[0] == 400
     assert (await get(http, f"{replica.http}/dev/token?user_id=has%20space"))[0] == 400
