@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from shared.broker.connection import NATS_ERRORS
 from shared.protocol import codec
-from shared.protocol.errors import CloseCode, IkiroError
+from shared.protocol.errors import CloseCode, ErrorCode, IkiroError, Unavailable
 from shared.runtime.ratelimit import TokenBucket, WindowCounter
 from shared.runtime.socket import Outbox, ServerSocket
 
@@ -16,10 +19,24 @@ from .config import MiniAppSettings
 from .metrics import MiniAppGatewayMetrics
 
 TYPING = "typing"
+# Frames of one socket waiting behind a state update the store has not answered yet (an election
+# takes about 5 s): at the frame rate limit, 10 s of frames fit, and no more is held.
+MAX_WAITING_FRAMES = 256
 
 
 class Connection(ServerSocket):
-    __slots__ = ("_expiry", "abuse", "connection_id", "frame_rate", "replica_id", "session_id", "user_id")
+    __slots__ = (
+        "_expiry",
+        "_tail",
+        "_tail_is_update",
+        "_waiting",
+        "abuse",
+        "connection_id",
+        "frame_rate",
+        "replica_id",
+        "session_id",
+        "user_id",
+    )
     metrics: MiniAppGatewayMetrics
 
     def __init__(
@@ -43,6 +60,58 @@ class Connection(ServerSocket):
         self.frame_rate = TokenBucket(settings.rate_per_s, settings.rate_burst)
         self.abuse = WindowCounter(settings.rate_abuse_limit, settings.rate_abuse_window_s)
         self._expiry: asyncio.TimerHandle | None = None
+        # The last ordered frame not yet done (a state update's outcome, or a frame chained after
+        # one), so later frames keep their order without holding the reader: pings are answered
+        # while an update waits for the store.
+        self._tail: asyncio.Future[Any] | None = None
+        self._tail_is_update = False
+        self._waiting = 0
+
+    def in_order_update(self, submit: Callable[[], asyncio.Future[Any]]) -> None:
+        """Submit a state update after this socket's earlier ordered frames. The store keeps a
+        session's updates in order, so behind another update it is submitted at once."""
+        if self._pending_tail() is None or self._tail_is_update:
+            self._tail, self._tail_is_update = submit(), True
+            return
+
+        async def submitted() -> None:
+            await asyncio.wait([submit()])
+
+        self._chain(submitted)
+        self._tail_is_update = False
+
+    async def in_order(self, step: Callable[[], Awaitable[None]], client_msg_id: str | None = None) -> None:
+        """Run `step` (an action, a typing notice) after this socket's earlier ordered frames: at
+        once when none waits, else chained behind them (its error then sent from there)."""
+        if self._pending_tail() is None:
+            await step()
+            return
+        self._chain(step, client_msg_id)
+        self._tail_is_update = False
+
+    def _pending_tail(self) -> asyncio.Future[Any] | None:
+        tail = self._tail
+        return tail if tail is not None and not tail.done() else None
+
+    def _chain(self, step: Callable[[], Awaitable[None]], client_msg_id: str | None = None) -> None:
+        if self._waiting >= MAX_WAITING_FRAMES:
+            raise IkiroError("too many frames waiting for the state store, slow down", ErrorCode.RATE_LIMITED)
+        previous = self._tail
+
+        async def after_previous() -> None:
+            try:
+                if previous is not None:
+                    await asyncio.wait([previous])
+                await step()
+            except (IkiroError, *NATS_ERRORS) as err:
+                refused = err if isinstance(err, IkiroError) else Unavailable("unavailable, try again")
+                extra = {**refused.extra, "client_msg_id": client_msg_id} if client_msg_id else refused.extra
+                self.send_error(IkiroError(refused.message, refused.code, **extra))
+            finally:
+                self._waiting -= 1
+
+        self._waiting += 1
+        self._tail = asyncio.ensure_future(after_previous())
 
     def send_error(self, err: IkiroError) -> None:
         self.send("error", codec.error_frame(err))

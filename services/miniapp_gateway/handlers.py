@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,18 +58,43 @@ async def handle_ping(ctx: Context, conn: Connection, session: LocalSession, fra
 async def handle_state_update(
     ctx: Context, conn: Connection, session: LocalSession, frame: StateUpdateFrame
 ) -> None:
-    """Apply the patch as the next version; the sender's confirmation arrives with the fan-out."""
+    """Queue the patch as the next version; the sender's confirmation arrives with the fan-out, a
+    refusal as an `error` when it is known. The socket is not held meanwhile: an update may wait up
+    to 10 s for the store (an election), and pings and the rest must still be answered."""
     data = frame.data
-    await ctx.store.apply(
-        conn.session_id,
-        data.patch,
-        data.base_version,
-        Source.PEER,
-        user_id=conn.user_id,
-        connection_id=conn.connection_id,
-        client_msg_id=data.client_msg_id,
-        cached=session.cached(),
-    )
+
+    def submit() -> asyncio.Future[int]:
+        try:
+            outcome = ctx.store.submit(
+                conn.session_id,
+                data.patch,
+                data.base_version,
+                Source.PEER,
+                user_id=conn.user_id,
+                connection_id=conn.connection_id,
+                client_msg_id=data.client_msg_id,
+                cached=session.cached(),
+            )
+        except IkiroError as err:  # too much waits already: refused at once
+            outcome = asyncio.get_running_loop().create_future()
+            outcome.set_exception(err)
+        outcome.add_done_callback(functools.partial(_tell_if_refused, conn, data.client_msg_id))
+        return outcome
+
+    conn.in_order_update(submit)
+
+
+def _tell_if_refused(conn: Connection, client_msg_id: str | None, outcome: asyncio.Future[int]) -> None:
+    if outcome.cancelled():
+        return
+    err = outcome.exception()
+    if err is None:
+        return
+    if not isinstance(err, IkiroError):
+        err = IkiroError("internal error", ErrorCode.INTERNAL_ERROR)
+    # One error may refuse a whole batch: each sender gets its own copy naming its update.
+    extra = {**err.extra, "client_msg_id": client_msg_id} if client_msg_id is not None else err.extra
+    conn.send_error(IkiroError(err.message, err.code, **extra))
 
 
 async def handle_action(ctx: Context, conn: Connection, session: LocalSession, frame: ActionFrame) -> None:
@@ -80,14 +107,16 @@ async def handle_action(ctx: Context, conn: Connection, session: LocalSession, f
         payload=frame.data.payload,
         at=codec.now_iso(),
     )
-    await ctx.nc.publish(subjects.miniapp_actions(conn.session_id), codec.dumps(notice))
+    subject = subjects.miniapp_actions(conn.session_id)
+    await conn.in_order(lambda: ctx.nc.publish(subject, codec.dumps(notice)), frame.data.client_msg_id)
 
 
 async def handle_typing(ctx: Context, conn: Connection, session: LocalSession, frame: TypingFrame) -> None:
     notice = TypingNotice(
         user_id=conn.user_id, connection_id=conn.connection_id, is_typing=frame.data.is_typing
     )
-    await ctx.nc.publish(subjects.miniapp_typing(conn.session_id), codec.dumps(notice))
+    subject = subjects.miniapp_typing(conn.session_id)
+    await conn.in_order(lambda: ctx.nc.publish(subject, codec.dumps(notice)))
 
 
 async def handle_auth(ctx: Context, conn: Connection, session: LocalSession, frame: AuthFrame) -> None:

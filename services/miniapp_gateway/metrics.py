@@ -29,6 +29,11 @@ class MiniAppGatewayMetrics(GatewayMetrics):
         self.write_conflicts = Counter(
             "ikiro_miniapp_write_conflicts_total", "Compare-and-set writes retried after a race.", registry=r
         )
+        self.state_write_retries = Counter(
+            "ikiro_miniapp_state_write_retries_total",
+            "Session writes tried again because the store did not answer (a NATS node lost, an election).",
+            registry=r,
+        )
         self.replicas_reaped = Counter(
             "ikiro_miniapp_replicas_reaped_total",
             "Dead gateway replicas whose connections were cleared.",

@@ -28,6 +28,8 @@ MAX_STATE_BYTES = 256 * 1024
 MAX_CONNECTIONS_PER_SESSION = 200
 # Sockets one user may hold in one session, so that no user can fill it (close 4029).
 MAX_SOCKETS_PER_USER = 5
+# Write ids a session record remembers (`SessionRecord.writes`).
+RECENT_WRITES = 16
 # Members a session may list (DESIGN section 5, "Who may join").
 MAX_MEMBERS = 1000
 # What a member list can add to a session record: every id at its longest, quoted, with commas.
@@ -273,6 +275,9 @@ class SessionRecord(BaseModel):
     # user). An unconfigured session follows MINIAPP_SESSION_ACCESS.
     configured: bool = False
     members: list[str] | None = None
+    # Ids of the last writes that made versions, newest last: a writer whose write timed out (it may
+    # or may not have landed) finds here whether it did, instead of applying its updates twice.
+    writes: list[str] = Field(default_factory=list)
 
     def admits(self, user_id: str, open_by_default: bool) -> bool:
         """Whether `user_id` may be in this session."""
