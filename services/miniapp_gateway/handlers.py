@@ -79,9 +79,15 @@ async def handle_state_update(
             outcome = asyncio.get_running_loop().create_future()
             outcome.set_exception(err)
         outcome.add_done_callback(functools.partial(_tell_if_refused, conn, data.client_msg_id))
+        outcome.add_done_callback(functools.partial(_note_written, session))
         return outcome
 
     conn.in_order_update(submit)
+
+
+def _note_written(session: LocalSession, outcome: asyncio.Future[int]) -> None:
+    if not outcome.cancelled() and outcome.exception() is None:
+        session.note_written(outcome.result())
 
 
 def _tell_if_refused(conn: Connection, client_msg_id: str | None, outcome: asyncio.Future[int]) -> None:

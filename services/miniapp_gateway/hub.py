@@ -69,6 +69,7 @@ class Hub:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         presence.leases.on_death.append(self._replica_died)
         presence.leases.on_fenced = self._fenced
+        presence.leases.on_retaken = self._register_again
 
     async def join(self, conn: Connection) -> LocalSession:
         """Admit `conn` into its session and queue its `connected` frame, or raise `NotMember` or
@@ -175,7 +176,34 @@ class Hub:
             session.drop_replica(replica_id)
 
     async def _fenced(self) -> None:
-        self.close_all(CloseCode.SERVICE_RESTART, "gateway lost its lease, reconnect")
+        log.warning("presence lease lost: this replica's connections are reported left elsewhere")
+
+    async def _register_again(self) -> None:
+        """The lease ran out while the store was away (an election longer than its TTL), so the
+        other replicas have reported this one's connections `left`. A NATS node lost is a pause,
+        not a disconnect: the sockets stay open and are written again under the new lease (the
+        others see them `joined`); only one that cannot be written is closed, with 1012."""
+        for conn in list(self.connections):
+            session = self.sessions.get(conn.session_id)
+            if session is None:
+                continue
+            conn.replica_id = self.presence.replica_id
+            try:
+                revision = await self.presence.add(conn.session_id, conn.connection_id, conn.user_id)
+                record = ConnectionRecord(
+                    session_id=conn.session_id,
+                    connection_id=conn.connection_id,
+                    user_id=conn.user_id,
+                    replica_id=conn.replica_id,
+                    status=ConnectionStatus.PENDING,
+                )
+                await self.presence.activate(record, revision)
+                await self.presence.publish(
+                    conn.session_id, PresenceEvent.JOINED, conn.user_id, conn.connection_id, session.count()
+                )
+            except NATS_ERRORS as err:
+                log.warning("cannot register a connection again: %s", err)
+                conn.close_soon(CloseCode.SERVICE_RESTART, "gateway lost its lease, reconnect")
 
     def close_all(self, code: int, reason: str) -> None:
         for conn in list(self.connections):

@@ -34,6 +34,16 @@ class MiniAppGatewayMetrics(GatewayMetrics):
             "Session writes tried again because the store did not answer (a NATS node lost, an election).",
             registry=r,
         )
+        self.watcher_catch_ups = Counter(
+            "ikiro_miniapp_watcher_catch_ups_total",
+            "Session watchers that missed versions and sent them from the bucket's history.",
+            registry=r,
+        )
+        self.watcher_resumes = Counter(
+            "ikiro_miniapp_watcher_resumes_total",
+            "Session watchers made afresh after missing a version this replica wrote (a consumer lost).",
+            registry=r,
+        )
         self.replicas_reaped = Counter(
             "ikiro_miniapp_replicas_reaped_total",
             "Dead gateway replicas whose connections were cleared.",

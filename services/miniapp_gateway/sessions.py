@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from shared.broker.connection import NATS_ERRORS
-from shared.broker.kv import is_removal, stop_watcher
+from shared.broker.kv import Changes
 from shared.protocol import codec, subjects
 from shared.protocol.errors import CloseCode
 from shared.protocol.miniapp import (
@@ -39,10 +39,12 @@ from shared.protocol.miniapp import (
     SessionRecord,
     Source,
     StateUpdateData,
+    Update,
 )
 from shared.runtime.tasks import TaskOwner, cancel_and_wait
 
 from .connection import TYPING, Connection
+from .mergepatch import merge_diff
 from .metrics import MiniAppGatewayMetrics
 from .presence import Presence
 from .state import StateStore
@@ -50,6 +52,11 @@ from .state import StateStore
 log = logging.getLogger(__name__)
 
 WATCH_SYNC_TIMEOUT_S = 10.0
+# Versions a watcher that lost its place sends its sockets to catch up; past this a socket would
+# rather reconnect (its outbox holds 1,000 frames).
+MAX_CATCH_UP_VERSIONS = 500
+# A version this replica wrote and its watcher has not seen after this long: the watcher stalled.
+STALE_AFTER_S = 0.5
 NOT_A_MEMBER = "not a member of this session"
 
 
@@ -93,6 +100,8 @@ class LocalSession:
         self._seen = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[Subscription] = []
+        self._state_changes: Changes | None = None
+        self._stale_check: asyncio.TimerHandle | None = None
         self.closed = False
 
     # --- lifecycle ---
@@ -113,6 +122,8 @@ class LocalSession:
 
     async def stop(self) -> None:
         self.closed = True
+        if self._stale_check is not None:
+            self._stale_check.cancel()
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -183,27 +194,78 @@ class LocalSession:
     # --- state: every version, in order ---
 
     async def _watch_state(self) -> None:
-        watcher = await self.store.bucket.kv.watch(self.session_id)
+        self._state_changes = changes = await self.store.bucket.changes(self.session_id)
         try:
-            async for entry in watcher:
-                if entry is None:
-                    self._state_synced.set()
-                    continue
-                self.revision = entry.revision or 0
-                if is_removal(entry.operation):
-                    if self.record.version:
-                        log.warning(
-                            "session state vanished under live sockets", extra={"session_id": self.session_id}
-                        )
-                        self.close_all(CloseCode.SERVICE_RESTART, "session reset")
-                    self.record = SessionRecord()
-                    continue
-                before = self.record
-                self._apply_record(SESSION_RECORD.validate_json(entry.value or b"{}"))
-                if (before.configured, before.members) != (self.record.configured, self.record.members):
-                    self._expel_non_members()
+            await self._follow_state(changes)
         finally:
-            await stop_watcher(watcher)
+            self._state_changes = None
+            await changes.stop()
+
+    def note_written(self, version: int) -> None:
+        """This replica wrote `version`: if the watcher has not seen it half a second later, its consumer
+        is gone with a NATS node (nats-py would notice only after many missed heartbeats), and is
+        made afresh so the players' pause ends with the election."""
+        if version <= self.record.version or self._stale_check is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._stale_check = loop.call_later(STALE_AFTER_S, self._check_stale, version)
+
+    def _check_stale(self, version: int) -> None:
+        self._stale_check = None
+        if self.record.version < version and self._state_changes is not None:
+            log.info("session watcher stalled, following afresh", extra={"session_id": self.session_id})
+            self.metrics.watcher_resumes.inc()
+            self._spawn(self._state_changes.resume(), "session_watch_resume")
+
+    async def _follow_state(self, changes: Changes) -> None:
+        async for entry in changes:
+            if entry is None:
+                self._state_synced.set()
+                continue
+            self.revision = entry.revision
+            if entry.value is None:
+                if self.record.version:
+                    ids = {"session_id": self.session_id}
+                    log.warning("session state vanished under live sockets", extra=ids)
+                    self.close_all(CloseCode.SERVICE_RESTART, "session reset")
+                self.record = SessionRecord()
+                continue
+            before = self.record
+            record = SESSION_RECORD.validate_json(entry.value or b"{}")
+            if self._state_synced.is_set() and record.version > before.version + len(record.updates):
+                # Versions went by that this watcher never saw (its node lost, a reconnect): they
+                # are in the records the bucket still keeps.
+                await self._catch_up(before.version, record)
+            self._apply_record(record)
+            if (before.configured, before.members) != (self.record.configured, self.record.members):
+                self._expel_non_members()
+
+    async def _catch_up(self, seen: int, record: SessionRecord) -> None:
+        """Bring the sockets from version `seen` to just before `record`'s own updates without a
+        gap, which would cost each of them a reconnect. The versions missed are read from the
+        records the bucket still keeps; when it no longer keeps them all, the sockets get one
+        server update carrying the difference to `record`'s state, then empty ones up to the
+        gap's end (`record`'s own patches, sent next, leave that state as it is)."""
+        first = record.updates[0].version if record.updates else record.version + 1
+        if first - 1 - seen > MAX_CATCH_UP_VERSIONS:
+            return  # `_apply_record` sees the gap
+        missed: dict[int, Update] = {}
+        with contextlib.suppress(*NATS_ERRORS):
+            for value in await self.store.bucket.history(self.session_id):
+                for update in SESSION_RECORD.validate_json(value).updates:
+                    if seen < update.version < first:
+                        missed[update.version] = update
+        if sorted(missed) == list(range(seen + 1, first)):
+            catch_up = [missed[v] for v in range(seen + 1, first)]
+        else:
+            diff = merge_diff(self.record.state, record.state)
+            catch_up = [
+                Update(version=v, patch=diff if v == seen + 1 else {}, source=Source.SERVER)
+                for v in range(seen + 1, first)
+            ]
+        self.record = self.record.model_copy(update={"version": first - 1})
+        self._broadcast_updates(catch_up)
+        self.metrics.watcher_catch_ups.inc()
 
     def _apply_record(self, record: SessionRecord) -> None:
         current = self.record.version
@@ -217,7 +279,11 @@ class LocalSession:
             log.warning("session watcher fell behind", extra={"session_id": self.session_id})
             self.close_all(CloseCode.TRY_AGAIN_LATER, "fell behind, reconnect")
             return
-        for update in record.updates:
+        self._broadcast_updates(record.updates)
+        self.metrics.fanout.observe(max(0.0, time.time() - record.at))
+
+    def _broadcast_updates(self, updates: list[Update]) -> None:
+        for update in updates:
             peer = update.source is Source.PEER
             data = StateUpdateData(
                 patch=update.patch,
@@ -228,7 +294,6 @@ class LocalSession:
                 client_msg_id=update.client_msg_id,
             )
             self.broadcast("state_update", codec.encode("state_update", data))
-        self.metrics.fanout.observe(max(0.0, time.time() - record.at))
 
     def admits(self, user_id: str) -> bool:
         """Whether `user_id` may be in the session, as this replica's view of it says."""
@@ -252,27 +317,25 @@ class LocalSession:
     # --- presence: joins and leaves from every replica ---
 
     async def _watch_presence(self) -> None:
-        watcher = await self.presence.bucket.kv.watch(
-            subjects.miniapp_connections_of_session(self.session_id)
-        )
+        changes = await self.presence.bucket.changes(subjects.miniapp_connections_of_session(self.session_id))
         try:
-            async for entry in watcher:
+            async for entry in changes:
                 if entry is None:
                     self._presence_synced.set()
                     continue
-                self._apply_entry(entry.key, entry.operation, entry.value, entry.revision or 0)
+                self._apply_entry(entry.key, entry.value, entry.revision)
                 async with self._seen:
-                    self.presence_seq = max(self.presence_seq, entry.revision or 0)
+                    self.presence_seq = max(self.presence_seq, entry.revision)
                     self._seen.notify_all()
         finally:
-            await stop_watcher(watcher)
+            await changes.stop()
 
-    def _apply_entry(self, key: str, operation: str | None, value: bytes | None, revision: int) -> None:
+    def _apply_entry(self, key: str, value: bytes | None, revision: int) -> None:
         parsed = subjects.parse_connection_key(key)
         if parsed is None:
             return
         replica_id, _, connection_id = parsed
-        if is_removal(operation):
+        if value is None:  # deleted, purged or expired
             gone = self.members.pop(connection_id, None)
             if gone is not None and gone.active:
                 self._announce(PresenceEvent.LEFT, gone)

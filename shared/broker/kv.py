@@ -158,6 +158,14 @@ class Bucket:
                     await sub.unsubscribe()
         return {key: read for key, read in found.items() if read.value is not None}
 
+    async def history(self, key: str) -> list[bytes]:
+        """The values the bucket still keeps for `key`, oldest first (deletes left out)."""
+        try:
+            entries = await self.kv.history(key)
+        except nats.js.errors.NoKeysError:
+            return []
+        return [e.value or b"" for e in entries if not is_removal(e.operation)]
+
     async def get(self, key: str, adapter: TypeAdapter[M], fresh: bool = False) -> tuple[M, int] | None:
         """The value under `key` parsed by `adapter`, with its revision; None when absent."""
         read = await self.read(key, fresh)
@@ -250,6 +258,44 @@ class Bucket:
         following.on_reconnect(resubscribe)
         return following
 
+    async def changes(self, pattern: str) -> Changes:
+        """`follow` as an async iterator: the latest entry of every matching key, None once those
+        are all handed over, then every change. Like nats-py's `watch`, but it survives its NATS
+        node (after a reconnect it goes on from the next revision instead of stalling), and a
+        caller that knows it is behind can `resume` it at once."""
+        entries: asyncio.Queue[Entry | None] = asyncio.Queue()
+        following = await self.follow(pattern, entries.put_nowait)
+        return Changes(following, entries)
+
+
+class Changes:
+    """A `Bucket.changes` in progress; `stop` it when done."""
+
+    def __init__(self, following: Following, entries: asyncio.Queue[Entry | None]) -> None:
+        self._following = following
+        self._entries = entries
+
+        async def caught_up() -> None:
+            await following.synced.wait()
+            entries.put_nowait(None)
+
+        self._marker = asyncio.ensure_future(caught_up())
+
+    def __aiter__(self) -> Changes:
+        return self
+
+    async def __anext__(self) -> Entry | None:
+        return await self._entries.get()
+
+    async def resume(self) -> None:
+        """Make the consumer behind it afresh from the next revision: the one it has may be gone
+        with its node, which nats-py notices only after many missed heartbeats."""
+        await self._following.resume()
+
+    async def stop(self) -> None:
+        self._marker.cancel()
+        await self._following.stop()
+
 
 class Following:
     """A `Bucket.follow` in progress."""
@@ -264,6 +310,10 @@ class Following:
     def on_reconnect(self, resubscribe: Callable[[], Awaitable[None]]) -> None:
         self._resubscribe = resubscribe
         on_reconnect(self._nc, resubscribe)
+
+    async def resume(self) -> None:
+        if self._resubscribe is not None:
+            await self._resubscribe()
 
     async def stop(self) -> None:
         if self._resubscribe is not None:

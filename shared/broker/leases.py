@@ -28,6 +28,9 @@ FOLLOW_RETRY_S = 5.0
 VALIDITY_MARGIN_S = 0.5
 
 
+RETRY_AFTER_FAILURE_S = 0.25
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -48,6 +51,8 @@ class Leases:
         self.on_change: list[Callable[[], None]] = []  # the live set changed
         self.on_death: list[Callable[[str], None]] = []
         self.on_fenced: Callable[[], Awaitable[None]] | None = None
+        # Called once a fenced replica holds a lease again, under its new id.
+        self.on_retaken: Callable[[], Awaitable[None]] | None = None
         self._revision = 0
         self._valid_until = 0.0  # loop time until which this replica's own lease surely holds
         self._released = False
@@ -109,8 +114,10 @@ class Leases:
         self._set_live(self.replica_id)
 
     async def _heartbeat(self) -> None:
+        delay = self.heartbeat_s
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            await asyncio.sleep(delay)
+            delay = self.heartbeat_s
             if self._released:
                 continue
             body = codec.dumps({"replica_id": self.replica_id, "at": codec.now_iso()})
@@ -131,8 +138,13 @@ class Leases:
                 # other replica has it dead, and so must this one, or they disagree on who owns what.
                 self._mark_dead(fenced)
                 await self._take()
+                if self.on_retaken is not None:
+                    await self.on_retaken()
             except NATS_ERRORS as err:
+                # A node lost or an election: try again soon, so a renewal lands as soon as the
+                # store answers, before the lease runs out if it can.
                 log.warning("lease renewal failed: %s", err)
+                delay = min(self.heartbeat_s, RETRY_AFTER_FAILURE_S)
 
     def _on_entry(self, entry: Entry) -> None:
         replica_id = entry.key.rsplit(".", 1)[-1]
