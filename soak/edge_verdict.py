@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from .evidence import ACK_RANK, ACKED, EVIDENCE_LIMIT, Context, percentile, rounded, states
@@ -79,12 +80,21 @@ def outcomes(ctx: Context, accepted: list[str]) -> Outcomes:
 
 
 def twice_by_events(ctx: Context) -> list[str]:
-    """`sent` after an acked state in the events caught live (a check independent of the store)."""
+    """`sent` after an acked state in the events caught live (a check independent of the store),
+    in the order of their `at` (as times: ISO text leaves the fraction out of a whole second, so
+    "...22Z" sorts after "...22.03Z" as text)."""
     return [
         cid
         for cid, events in ctx.ev.observer.events.items()
-        if sent_after_ack([e[0] for e in sorted(events, key=lambda e: str(e[3]))])
+        if sent_after_ack([e[0] for e in sorted(events, key=lambda e: _when(e[3]))])
     ]
+
+
+def _when(at: Any) -> datetime:
+    try:
+        return datetime.fromisoformat(str(at))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def agent_duplicates(ctx: Context) -> tuple[list[str], list[str]]:

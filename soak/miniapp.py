@@ -87,6 +87,7 @@ class Member:
     went_back: list[list[Any]] = field(default_factory=list)  # [t, before, connected version]
     closes: list[list[Any]] = field(default_factory=list)  # [t, replica, code]
     errors: list[list[Any]] = field(default_factory=list)  # [t, code, message]
+    echo_waits: list[list[float]] = field(default_factory=list)  # [sent at, seconds until its echo]
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -227,7 +228,9 @@ class MiniAppLoad:
             if msg_id is not None:
                 member.ledger.by_msg.setdefault(msg_id, set()).add(version)
                 if msg_id.startswith(member.user_id + ":"):
-                    member.inflight.pop(msg_id, None)
+                    sent_at = member.inflight.pop(msg_id, None)
+                    if sent_at is not None:
+                        member.echo_waits.append([sent_at, now - sent_at])
                     member.unknown.pop(msg_id, None)
                     member.accepted[msg_id] = version
         elif kind == "presence":

@@ -119,6 +119,27 @@ def worst(values: list[float | None]) -> float | None:
     return max((v for v in values if v is not None), default=None)
 
 
+def by_fault(ctx: Context) -> list[dict[str, Any]]:
+    """Per fault, what the players felt from its start to 10 s after its end: updates refused (by
+    code), sockets closed (by code) and the longest wait for an echo (the longest pause)."""
+    members = ctx.ev.miniapp.members
+    out = []
+    for fault in ctx.ev.faults:
+        refused = Counter(str(e[1]) for m in members for e in m.errors if fault.active_at(e[0]))
+        closed = Counter(str(c[2]) for m in members for c in m.closes if fault.active_at(c[0]))
+        waits = [w for m in members for t, w in m.echo_waits if fault.active_at(t)]
+        out.append(
+            {
+                "fault": fault.name,
+                "target": fault.target,
+                "updates_refused": dict(refused),
+                "sockets_closed": dict(closed),
+                "longest_pause_s": round(max(waits), 2) if waits else None,
+            }
+        )
+    return out
+
+
 def miniapp_verdict(ctx: Context) -> tuple[Figures, Anomalies]:
     load = ctx.ev.miniapp
     missing, unanswered, landed, dropped = writes(ctx)
@@ -142,6 +163,7 @@ def miniapp_verdict(ctx: Context) -> tuple[Figures, Anomalies]:
         "order_violations": sum(len(m.order_violations) for m in load.members),
         "versions_went_back": sum(len(m.went_back) for m in load.members),
         "closes_by_code": dict(Counter(str(c[2]) for m in load.members for c in m.closes)),
+        "by_fault": by_fault(ctx),
         "dead_replica_listed_max_s": {
             "members_view": worst([x["members_view_s"] for x in load.listed if x["connections"]]),
             "sessions_get": worst([x["sessions_get_s"] for x in load.listed if x["connections"]]),

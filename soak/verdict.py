@@ -122,6 +122,16 @@ def table(v: dict[str, Any]) -> str:
             f"{listed['members_view']} s / {listed['sessions_get']} s"
             f" (contract {listed['contract_s']:.0f} s)",
         ),
+        ("MINIAPP BY FAULT: REFUSED / CLOSED / LONGEST PAUSE", ""),
+        *(
+            (
+                f"{f['fault']} {f['target']}",
+                f"{sum(f['updates_refused'].values())} / {sum(f['sockets_closed'].values())}"
+                f" {json.dumps(f['sockets_closed']) if f['sockets_closed'] else ''}"
+                f" / {f['longest_pause_s']} s",
+            )
+            for f in m["by_fault"]
+        ),
         ("HOSTILE CLIENTS", ""),
         *(
             (shape, ", ".join(f"{n} {k}" for k, n in counts.items()) or "none sent")

@@ -62,8 +62,9 @@ class MiniAppSettings(ServiceSettings):
     presence_ttl_s: int = Field(default=6, ge=1)
     # Sessions with no connections and no update for this long are removed.
     session_idle_ttl_s: int = Field(default=86400, ge=1)
-    # Revisions of a session kept in JetStream: how far a replica's watcher may lag.
-    session_history: int = Field(default=16, ge=2, le=64)
+    # Revisions of a session kept in JetStream: how far a replica's watcher may lag (its consumer
+    # lost with a NATS node) and still send its sockets every version it missed, echoes included.
+    session_history: int = Field(default=64, ge=2, le=64)
     ws_heartbeat_s: float = Field(default=30.0, gt=0)
 
     @field_validator("miniapp_allowed_origins", mode="before")

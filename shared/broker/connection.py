@@ -262,21 +262,28 @@ async def request_owner(
             delay = min(delay * 2, 0.5)
 
 
-async def patiently(call: Callable[[], Awaitable[T]], what: str, within_s: float = PATIENCE_S) -> T:
+async def patiently(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    within_s: float = PATIENCE_S,
+    attempt_s: float | None = None,
+    max_delay_s: float = 5.0,
+) -> T:
     """`call()`, again while the broker cannot answer (JetStream electing a leader, a node coming
-    back) for up to `within_s`: for the set-up a service cannot start without."""
+    back) for up to `within_s`: for the set-up a service cannot start without. `attempt_s` bounds
+    each try (a request to a leader that is gone otherwise waits out the whole API timeout)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
     delay = 0.2
     while True:
         try:
-            return await call()
+            return await (call() if attempt_s is None else asyncio.wait_for(call(), attempt_s))
         except NATS_ERRORS as err:
             if loop.time() + delay > deadline:
                 raise
             log.warning("%s: the broker did not answer (%s), again in %.1f s", what, err, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, max_delay_s)
 
 
 Handler = Callable[[bytes], Awaitable[dict[str, Any]]]

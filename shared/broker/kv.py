@@ -75,6 +75,10 @@ class ModelCodec(Generic[M]):
         return value.model_dump_json().encode()
 
 
+# One try at making a follow's consumer: the JetStream API otherwise waits 5 s on a leader gone.
+FOLLOW_ATTEMPT_S = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One change of a followed key."""
@@ -241,6 +245,9 @@ class Bucket:
                     deliver_policy=None if after else api.DeliverPolicy.LAST_PER_SUBJECT,
                 ),
                 f"following {self.name}",
+                # Those who follow wait on it: while the store elects a leader, try often.
+                attempt_s=FOLLOW_ATTEMPT_S,
+                max_delay_s=1.0,
             )
 
         async def resubscribe() -> None:
