@@ -44,7 +44,6 @@ from shared.protocol.miniapp import (
 from shared.runtime.tasks import TaskOwner, cancel_and_wait
 
 from .connection import TYPING, Connection
-from .mergepatch import merge_diff
 from .metrics import MiniAppGatewayMetrics
 from .presence import Presence
 from .state import StateStore
@@ -52,11 +51,11 @@ from .state import StateStore
 log = logging.getLogger(__name__)
 
 WATCH_SYNC_TIMEOUT_S = 10.0
-# Versions a watcher that lost its place sends its sockets to catch up; past this a socket would
-# rather reconnect (its outbox holds 1,000 frames).
-MAX_CATCH_UP_VERSIONS = 500
 # A version this replica wrote and its watcher has not seen after this long: the watcher stalled.
 STALE_AFTER_S = 0.5
+# How long, and how often, a replica reads a session's key itself while its watcher is made afresh.
+RECOVER_FOR_S, RECOVER_POLL_S = 30.0, 0.25
+HISTORY_PATIENCE_S = 8.0
 NOT_A_MEMBER = "not a member of this session"
 
 
@@ -102,6 +101,7 @@ class LocalSession:
         self._subs: list[Subscription] = []
         self._state_changes: Changes | None = None
         self._stale_check: asyncio.TimerHandle | None = None
+        self._taking = asyncio.Lock()  # the watcher and a recovery read take values one at a time
         self.closed = False
 
     # --- lifecycle ---
@@ -202,9 +202,8 @@ class LocalSession:
             await changes.stop()
 
     def note_written(self, version: int) -> None:
-        """This replica wrote `version`: if the watcher has not seen it half a second later, its consumer
-        is gone with a NATS node (nats-py would notice only after many missed heartbeats), and is
-        made afresh so the players' pause ends with the election."""
+        """This replica wrote `version`: if the watcher has not seen it half a second later, its
+        consumer is gone with a NATS node (nats-py would notice only after many missed heartbeats)."""
         if version <= self.record.version or self._stale_check is not None:
             return
         loop = asyncio.get_running_loop()
@@ -215,57 +214,91 @@ class LocalSession:
         if self.record.version < version and self._state_changes is not None:
             log.info("session watcher stalled, following afresh", extra={"session_id": self.session_id})
             self.metrics.watcher_resumes.inc()
-            self._spawn(self._state_changes.resume(), "session_watch_resume")
+            self._spawn(self._recover(self._state_changes, version), "session_watch_recover")
+
+    async def _recover(self, changes: Changes, version: int) -> None:
+        """Make the watcher's consumer afresh and, until it delivers `version`, read the key itself:
+        making a consumer waits for a meta leader, reading does not, so the players' pause ends
+        with the election of the bucket's leader."""
+        resuming = asyncio.ensure_future(changes.resume())
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + RECOVER_FOR_S
+        try:
+            while self.record.version < version and loop.time() < give_up_at:
+                with contextlib.suppress(*NATS_ERRORS):
+                    read = await self.store.bucket.read(self.session_id)
+                    await self._take(read.value, read.revision)
+                if self.record.version < version:
+                    await asyncio.sleep(RECOVER_POLL_S)
+            with contextlib.suppress(*NATS_ERRORS):
+                await resuming  # cut short, the watcher would be left with no consumer at all
+        except asyncio.CancelledError:
+            resuming.cancel()  # the session is stopping
+            raise
 
     async def _follow_state(self, changes: Changes) -> None:
         async for entry in changes:
             if entry is None:
                 self._state_synced.set()
                 continue
-            self.revision = entry.revision
-            if entry.value is None:
+            await self._take(entry.value, entry.revision)
+
+    async def _take(self, value: bytes | None, revision: int) -> None:
+        """One stored value of the session's key, from the watcher or read while it stalled; a
+        revision already taken (from the other of the two) changes nothing."""
+        async with self._taking:
+            if revision <= self.revision:
+                return
+            if value is None:
                 if self.record.version:
                     ids = {"session_id": self.session_id}
                     log.warning("session state vanished under live sockets", extra=ids)
                     self.close_all(CloseCode.SERVICE_RESTART, "session reset")
-                self.record = SessionRecord()
-                continue
+                self.record, self.revision = SessionRecord(), revision
+                return
             before = self.record
-            record = SESSION_RECORD.validate_json(entry.value or b"{}")
+            record = SESSION_RECORD.validate_json(value)
             if self._state_synced.is_set() and record.version > before.version + len(record.updates):
                 # Versions went by that this watcher never saw (its node lost, a reconnect): they
                 # are in the records the bucket still keeps.
                 await self._catch_up(before.version, record)
             self._apply_record(record)
+            # Only now: `cached()` pairs the record with its revision for writers' compare-and-set,
+            # and a writer must never get a newer revision with an older record.
+            self.revision = revision
             if (before.configured, before.members) != (self.record.configured, self.record.members):
                 self._expel_non_members()
 
     async def _catch_up(self, seen: int, record: SessionRecord) -> None:
-        """Bring the sockets from version `seen` to just before `record`'s own updates without a
-        gap, which would cost each of them a reconnect. The versions missed are read from the
-        records the bucket still keeps; when it no longer keeps them all, the sockets get one
-        server update carrying the difference to `record`'s state, then empty ones up to the
-        gap's end (`record`'s own patches, sent next, leave that state as it is)."""
+        """Send the sockets the versions after `seen` and before `record`'s own updates, read from
+        the records the bucket still keeps (64 revisions), so none of them sees a gap, which would
+        cost each a reconnect. When it no longer keeps them all, `_apply_record` sees the gap and
+        the sockets reconnect (1013): every socket must see each version carry the same update."""
         first = record.updates[0].version if record.updates else record.version + 1
-        if first - 1 - seen > MAX_CATCH_UP_VERSIONS:
-            return  # `_apply_record` sees the gap
         missed: dict[int, Update] = {}
-        with contextlib.suppress(*NATS_ERRORS):
-            for value in await self.store.bucket.history(self.session_id):
-                for update in SESSION_RECORD.validate_json(value).updates:
-                    if seen < update.version < first:
-                        missed[update.version] = update
-        if sorted(missed) == list(range(seen + 1, first)):
-            catch_up = [missed[v] for v in range(seen + 1, first)]
-        else:
-            diff = merge_diff(self.record.state, record.state)
-            catch_up = [
-                Update(version=v, patch=diff if v == seen + 1 else {}, source=Source.SERVER)
-                for v in range(seen + 1, first)
-            ]
+        for value in await self._history():
+            for update in SESSION_RECORD.validate_json(value).updates:
+                if seen < update.version < first:
+                    missed[update.version] = update
+        if sorted(missed) != list(range(seen + 1, first)):
+            return
         self.record = self.record.model_copy(update={"version": first - 1})
-        self._broadcast_updates(catch_up)
+        self._broadcast_updates([missed[v] for v in range(seen + 1, first)])
         self.metrics.watcher_catch_ups.inc()
+
+    async def _history(self) -> list[bytes]:
+        """The key's kept values; asked again while the store elects a leader (the sockets wait on
+        it, which beats the lossy catch-up), empty if it never answers."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + HISTORY_PATIENCE_S
+        while True:
+            try:
+                async with asyncio.timeout(max(0.5, give_up_at - loop.time())):
+                    return await self.store.bucket.history(self.session_id)
+            except NATS_ERRORS:
+                if loop.time() >= give_up_at:
+                    return []
+                await asyncio.sleep(RECOVER_POLL_S)
 
     def _apply_record(self, record: SessionRecord) -> None:
         current = self.record.version

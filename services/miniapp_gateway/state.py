@@ -49,6 +49,7 @@ BATCH_BYTES = MAX_FRAME_BYTES
 # How long an update waits for a store that does not answer (a leader election takes about 5 s).
 WAIT_FOR_STORE_S = 10.0
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0
+LAST_TRY_S = 1.0
 # Updates waiting on one replica, per session and in all. A game of 10 players sending 10 updates
 # a second fills a session's count in a 10 s election; the byte bounds keep the worst case (every
 # update a full 64 KiB frame) well inside a replica's memory limit.
@@ -247,15 +248,18 @@ class StateStore:
         retry_s = RETRY_FIRST_S
         while True:
             try:
-                written = await self._compare_and_set(session_id, next_versions, cached)
-                if (
-                    written is None
-                    and not landed
-                    and cached is not None
-                    and any(isinstance(o, IkiroError) for o in outcomes)
-                ):
-                    # Refused against this replica's view, which may lag the store: ask the store.
-                    await self._compare_and_set(session_id, next_versions, None)
+                # Each try ends by the deadline (a request to a leader that is gone would wait out
+                # its own timeout); one that waited its turn past it still gets a short one.
+                async with asyncio.timeout(max(deadline - loop.time(), LAST_TRY_S)):
+                    written = await self._compare_and_set(session_id, next_versions, cached)
+                    if (
+                        written is None
+                        and not landed
+                        and cached is not None
+                        and any(isinstance(o, IkiroError) for o in outcomes)
+                    ):
+                        # Refused against this replica's view, which may lag the store: ask it.
+                        await self._compare_and_set(session_id, next_versions, None)
                 break
             except IkiroError as err:
                 outcomes = [err] * len(batch)

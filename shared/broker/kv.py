@@ -260,7 +260,9 @@ class Bucket:
 
         following.sub = await subscribe(0)
         info = await patiently(following.sub.consumer_info, f"following {self.name}")
-        if info.num_pending == 0 and following.sub.delivered == 0:
+        # Synced at once only when the server has delivered nothing at all: a message already on
+        # its way to `on_msg` (num_pending is 0 by then) sets it itself, being the last one.
+        if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             following.synced.set()
         following.on_reconnect(resubscribe)
         return following

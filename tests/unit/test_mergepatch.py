@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.miniapp_gateway.mergepatch import merge_diff, merge_patch
+from services.miniapp_gateway.mergepatch import merge_patch
 
 # RFC 7396 appendix A.
 RFC_EXAMPLES: list[tuple[Any, Any, Any]] = [
@@ -61,29 +61,3 @@ def test_patching_twice_changes_nothing_more(target: dict[str, Any], patch: dict
 @given(json_objects)
 def test_empty_patch_is_identity(target: dict[str, Any]) -> None:
     assert merge_patch(target, {}) == target
-
-
-def state_of(patches: list[dict[str, Any]]) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-    for patch in patches:
-        state = merge_patch(state, patch)
-    return state
-
-
-@given(st.lists(json_objects, max_size=4), st.lists(json_objects, max_size=4))
-def test_the_diff_of_two_states_turns_the_first_into_the_second(
-    first: list[dict[str, Any]], second: list[dict[str, Any]]
-) -> None:
-    # States as sessions make them: only ever from merge patches, so no member is null.
-    source, target = state_of(first), state_of(second)
-    assert merge_patch(source, merge_diff(source, target)) == target
-
-
-@given(st.lists(json_objects, min_size=1, max_size=5), st.integers(0, 5))
-def test_a_suffix_of_the_patches_applied_again_to_the_end_state_changes_nothing(
-    patches: list[dict[str, Any]], start: int
-) -> None:
-    """Why a watcher that missed versions may send the diff to the newest state first and the
-    newest record's own patches after it: they land on that state and leave it as it is."""
-    end = state_of(patches)
-    assert state_of([end, *patches[min(start, len(patches)) :]]) == end

@@ -23,7 +23,7 @@ from tests.harness.ws import Socket
 
 MEMBERS_PER_REPLICA = 2
 SEND_EVERY_S = 0.2
-SENDING_S = 12.0
+SENDING_S = 8.0
 
 
 @pytest.fixture
