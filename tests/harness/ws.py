@@ -65,6 +65,19 @@ class Socket:
             if frame["type"] == type_ and all(data.get(k) == v for k, v in match.items()):
                 return data
 
+    async def expect_each(self, *types: str, timeout: float = 5.0) -> dict[str, JsonObj]:
+        """The data of the next frame of each of `types`, in whatever order they come: frames of
+        one kind keep their order, frames of different kinds need not."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, JsonObj] = {}
+        while len(found) < len(types):
+            frame = await self.next(max(deadline - time.monotonic(), 0.001))
+            if frame is None:
+                raise AssertionError(f"closed {self.close_code} {self.close_reason!r} awaiting {types}")
+            if frame["type"] in types and frame["type"] not in found:
+                found[frame["type"]] = frame["data"]
+        return found
+
     async def collect(self, type_: str, count: int, timeout: float = 5.0) -> list[JsonObj]:
         """The next `count` frames of `type_`, in arrival order."""
         deadline = time.monotonic() + timeout
