@@ -67,8 +67,14 @@ class Intruders:
         jwt_secret: str,
         seed: int,
     ) -> None:
-        self.edges = edges
-        self.miniapps = miniapps
+        # Which gateways each shape is tried on.
+        self.targets = {
+            "header_drip": edges + miniapps,
+            "odd_jwt": miniapps,
+            "subprotocol_token": miniapps,
+            "sync_at_limit": edges,
+            "sync_over_limit": edges,
+        }
         self.edge_secret = edge_secret
         self.jwt_secret = jwt_secret
         self.rng = random.Random(seed + 7)
@@ -90,10 +96,7 @@ class Intruders:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _attempt(self, http: aiohttp.ClientSession, shape: str) -> None:
-        pool = self.miniapps if shape in ("odd_jwt", "subprotocol_token") else self.edges
-        if shape == "header_drip":
-            pool = self.edges + self.miniapps
-        target = self.rng.choice(pool)
+        target = self.rng.choice(self.targets[shape])
         started = time.time()
         try:
             async with asyncio.timeout(HEADER_TIMEOUT_S + 3 * DRIP_EVERY_S):

@@ -105,15 +105,18 @@ class Connection(ServerSocket):
                 await step()
             except (IkiroError, *NATS_ERRORS) as err:
                 refused = err if isinstance(err, IkiroError) else Unavailable("unavailable, try again")
-                extra = {**refused.extra, "client_msg_id": client_msg_id} if client_msg_id else refused.extra
-                self.send_error(IkiroError(refused.message, refused.code, **extra))
+                self.send_error(refused, client_msg_id)
             finally:
                 self._waiting -= 1
 
         self._waiting += 1
         self._tail = asyncio.ensure_future(after_previous())
 
-    def send_error(self, err: IkiroError) -> None:
+    def send_error(self, err: IkiroError, client_msg_id: str | None = None) -> None:
+        """An `error` frame; one about a frame that had a `client_msg_id` names it (a copy of `err`
+        does: one error may refuse several senders' updates)."""
+        if client_msg_id is not None:
+            err = IkiroError(err.message, err.code, **{**err.extra, "client_msg_id": client_msg_id})
         self.send("error", codec.error_frame(err))
 
     def expire_at(self, exp: float, leeway_s: float) -> None:

@@ -98,9 +98,7 @@ def _tell_if_refused(conn: Connection, client_msg_id: str | None, outcome: async
         return
     if not isinstance(err, IkiroError):
         err = IkiroError("internal error", ErrorCode.INTERNAL_ERROR)
-    # One error may refuse a whole batch: each sender gets its own copy naming its update.
-    extra = {**err.extra, "client_msg_id": client_msg_id} if client_msg_id is not None else err.extra
-    conn.send_error(IkiroError(err.message, err.code, **extra))
+    conn.send_error(err, client_msg_id)
 
 
 async def handle_action(ctx: Context, conn: Connection, session: LocalSession, frame: ActionFrame) -> None:
@@ -186,6 +184,4 @@ async def dispatch(ctx: Context, conn: Connection, session: LocalSession, raw: b
     else:
         return
     # The contract names the refused frame's `client_msg_id` in every error about it.
-    if msg_id is not None:
-        refused.extra["client_msg_id"] = msg_id
-    conn.send_error(refused)
+    conn.send_error(refused, msg_id)
